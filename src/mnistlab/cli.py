@@ -4,7 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise to a CLI user; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and probe devices with fd 2 muted: its C++ start-up logs come before
+    absl logging is set up, so no environment variable silences them. Python errors still raise."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 from typing import Callable, Sequence
 
 from mnistlab import __version__
@@ -91,6 +114,90 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- models, train, evaluate, zoo
+def cmd_models(args: argparse.Namespace) -> int:
+    from mnistlab import models
+
+    print(f"{'model':<12} {'params':>10}  {'course settings':<34} {'course':>7}  description")
+    for name, spec in models.MODELS.items():
+        r = spec.course
+        length = f"{r.steps} steps" if r.steps else f"{r.epochs} epochs"
+        settings = f"{r.optimizer} {r.learning_rate:g}, batch {r.batch_size}, {length}"
+        reported = f"{spec.course_accuracy:.1%}" if spec.course_accuracy else "-"
+        params = models.build(name).count_params()
+        print(f"{name:<12} {params:>10,}  {settings:<34} {reported:>7}  {spec.description}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnistlab import data, train
+
+    model = args.model
+    if model is None:
+        if not args.resume:
+            raise MnistlabError("train: expected a MODEL name (see `mnistlab models`) unless --resume")
+        model = train.load_run_config(args.out)["model"]
+    from mnistlab import models
+    models.spec(model)  # unknown model: clear error before any work
+    config = from_args(train.TrainConfig, args)
+    arch = from_args(train.ArchConfig, args)
+    if not args.resume:
+        train.resolve_recipe(model, config)  # bad options: clear error before loading data
+    data_config = _data_config(args)
+    if args.resume:
+        data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in train.load_run_config(args.out)["data"].items()})
+    dataset = data.load(data_config)
+    train.train(model, dataset, args.out, config, arch, data_config, resume=args.resume)
+    print(f"run saved in {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mnistlab import data, evaluate, models, train
+
+    saved = train.load_run_config(args.run)
+    data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["data"].items()})
+    if args.data_dir or args.dataset:
+        data_config = from_args(DataConfig, args, base=data_config)
+    ds = data.load(data_config)
+    if args.untrained:
+        arch = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["arch"].items()}
+        train.configure_tensorflow(saved["train"]["seed"])
+        model = models.build(saved["model"], **arch)
+    else:
+        model = evaluate.load_model(args.run)
+    result = evaluate.evaluate_split(model, ds.split(args.split))
+    label = "untrained " if args.untrained else ""
+    print(f"Accuracy on {args.split.title()}-Set ({label}{saved['model']}): {result.accuracy:.2%} "
+          f"({result.correct} / {len(result.labels)})   loss {result.loss:.4f}")
+    print("Confusion Matrix:")
+    print(evaluate.confusion_table(result.confusion, ds.facts.class_names))
+    precision, recall = result.precision_recall()
+    print("class      precision  recall")
+    for name, p_, r_ in zip(ds.facts.class_names, precision, recall):
+        print(f"{name[:10]:<10} {p_:>9.4f} {r_:>7.4f}")
+    wrong = result.misclassified()
+    print(f"misclassified: {len(wrong)}")
+    for m in wrong[: args.show_errors]:
+        print(f"index={m['index']} label={m['label']} prediction={m['prediction']} confidence={m['confidence']:.3f}")
+    if not args.untrained:
+        eval_path, csv_path = evaluate.write_reports(args.run, result, args.split)
+        print(f"wrote {eval_path} and {csv_path}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from mnistlab import data, zoo
+
+    names = tuple(args.models) if args.models else zoo.COURSE_MODELS
+    data_config = _data_config(args)
+    rows = zoo.run_zoo(data.load(data_config), args.out, names, args.max_epochs, args.seed, data_config)
+    print(zoo.results_markdown(rows))
+    print(f"wrote {args.out}/results.md")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     add_arguments(p, DataConfig)
@@ -134,6 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.set_defaults(handler=cmd_data_verify)
 
+    p = commands.add_parser("models", help="list the models with parameter counts and course settings")
+    p.set_defaults(handler=cmd_models)
+
+    from mnistlab.train import ArchConfig, TrainConfig  # light: no TensorFlow import at module level
+    p = commands.add_parser("train", help="train a model; writes a run folder")
+    p.add_argument("model", nargs="?", help="model name from `mnistlab models` (optional with --resume)")
+    p.add_argument("--out", required=True, help="run folder to create, e.g. runs/cnn")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint (default: False)")
+    add_arguments(p, TrainConfig)
+    add_arguments(p, ArchConfig)
+    _add_data_options(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = commands.add_parser("evaluate", help="test accuracy, confusion matrix, precision/recall, errors")
+    p.add_argument("run", help="run folder written by `mnistlab train`")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split (default: test)")
+    p.add_argument("--untrained", action="store_true", help="evaluate the same architecture before training (default: False)")
+    p.add_argument("--show-errors", type=int, default=10, help="misclassified examples to print (default: 10)")
+    p.add_argument("--dataset", default=None, help="override the run's data set (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="override the run's data folder (default: the run's)")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = commands.add_parser("zoo", help="train every course model at the course's settings; Markdown table")
+    p.add_argument("--out", default="runs/zoo", help="folder for the runs and results.md (default: runs/zoo)")
+    p.add_argument("--models", type=lambda s: s.split(","), default=None, help="comma-separated subset (default: all course models)")
+    p.add_argument("--max-epochs", type=int, default=None, help="cap each run at this many epochs (default: no cap)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_data_options(p)
+    p.set_defaults(handler=cmd_zoo)
+
     for register in _EXTRA_COMMANDS:
         register(commands)
     return parser
@@ -145,6 +282,8 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one command; a user error prints one line and exits 2."""
+    if not {"-h", "--help", "--version"} & set(sys.argv[1:] if argv is None else argv):
+        _import_tensorflow_quietly()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

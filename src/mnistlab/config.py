@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -30,6 +30,23 @@ def _base_type(annotation: Any) -> Any:
     return origin or annotation
 
 
+def _strip_none(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _tuple_parser(element: type, flag: str) -> Callable[[str], tuple]:
+    """Parse ``"16,36"`` into ``(16, 36)``; ``""`` into ``()``."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(element(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag}: expected comma-separated {element.__name__} values, got {text!r}") from None
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per field of dataclass ``cls``, defaulting to None (= keep the field's)."""
     hints = typing.get_type_hints(cls)
@@ -44,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind is tuple:
-            group.add_argument(flag, dest=f.name, action="append", default=None, metavar="VALUE",
-                               help=text + "; repeat for several")
+            element = typing.get_args(_strip_none(hints[f.name]))[0]
+            group.add_argument(flag, dest=f.name, type=_tuple_parser(element, flag), default=None,
+                               metavar="A,B,...", help=text + "; comma-separated")
         else:
             group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
                                choices=f.metadata.get("choices"), help=text)
@@ -57,6 +75,6 @@ def from_args(cls: type[T], args: argparse.Namespace, base: T | None = None, **o
     for f in dataclasses.fields(cls):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = tuple(given) if isinstance(given, list) else given
+            values[f.name] = given
     values.update(overrides)
     return cls(**values)

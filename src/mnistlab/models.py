@@ -1,0 +1,211 @@
+"""The model registry: name -> a small Keras builder, its architecture defaults, and two recipes.
+
+Every model maps ``(None, 28, 28, 1)`` float32 in [0, 1] to ``(None, 10)`` *logits*; the loss
+applies a numerically stable softmax cross-entropy (``from_logits=True``), so the NaN that S1
+gets from ``log(softmax)`` cannot happen. Each entry carries the course's training settings
+(``--course``, ``zoo``) and mnistlab's own, and the accuracy the course reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import keras
+from keras import layers
+
+from mnistlab.errors import MnistlabError
+
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "gelu")
+POOLINGS = ("max", "avg", "stride", "none")  # stride: stride-2 convolution instead of pooling
+INITS = ("glorot_uniform", "he_normal", "random_normal", "truncated_normal", "zeros")
+
+
+def _initializer(name: str, seed: int | None = None) -> keras.initializers.Initializer:
+    """Keras initializer by name; ``random_normal`` is TF1's N(0, 1), as S1/S2 used (it hurts)."""
+    if name == "random_normal":
+        return keras.initializers.RandomNormal(stddev=1.0, seed=seed)
+    if name == "truncated_normal":  # the TF1 tutorials' weight_variable: stddev 0.1
+        return keras.initializers.TruncatedNormal(stddev=0.1, seed=seed)
+    if name not in INITS:
+        raise MnistlabError(f"--init {name!r}: expected one of {', '.join(INITS)}")
+    return keras.initializers.get({"class_name": name, "config": {}} if name == "zeros" else name)
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise MnistlabError(f"--{flag} {value!r}: expected one of {', '.join(choices)}")
+
+
+def mlp(hidden: tuple[int, ...] = (256,), activation: str = "relu", input_dropout: float = 0.0,
+        dropout: float = 0.0, init: str = "glorot_uniform") -> keras.Model:
+    """Flatten -> [Dense(hidden) -> activation -> dropout]* -> Dense(10). ``hidden=()`` is softmax regression."""
+    _check_choice("activation", activation, ACTIVATIONS)
+    stack: list[Any] = [keras.Input(INPUT_SHAPE), layers.Flatten()]
+    if input_dropout:
+        stack.append(layers.Dropout(input_dropout))
+    for units in hidden:
+        stack.append(layers.Dense(units, activation=activation, kernel_initializer=_initializer(init)))
+        if dropout:
+            stack.append(layers.Dropout(dropout))
+    stack.append(layers.Dense(NUM_CLASSES, kernel_initializer=_initializer(init), name="logits"))
+    return keras.Sequential(stack)
+
+
+def convnet(filters: tuple[int, ...] = (32, 64), kernel_size: int = 5, fc_units: tuple[int, ...] = (1024,),
+            activation: str = "relu", pooling: str = "max", act_after_pool: bool = False,
+            conv_dropout: float = 0.0, dropout: float = 0.0, batchnorm: bool = False,
+            init: str = "glorot_uniform") -> keras.Model:
+    """[Conv(k x k, f, same) -> act -> 2x2 pool -> dropout]* -> Flatten -> [Dense -> act -> dropout]* -> Dense(10).
+
+    ``act_after_pool`` pools before the activation (S4's order; identical for relu + max);
+    ``pooling="stride"`` downsamples with a stride-2 convolution; ``"none"`` keeps 28 x 28.
+    """
+    _check_choice("activation", activation, ACTIVATIONS)
+    _check_choice("pooling", pooling, POOLINGS)
+    stack: list[Any] = [keras.Input(INPUT_SHAPE)]
+    for f in filters:
+        fused = not batchnorm and not act_after_pool  # activation inside Conv2D: its output is the feature map
+        stack.append(layers.Conv2D(f, kernel_size, strides=2 if pooling == "stride" else 1, padding="same",
+                                   activation=activation if fused else None, use_bias=not batchnorm,
+                                   kernel_initializer=_initializer(init)))
+        if batchnorm:
+            stack.append(layers.BatchNormalization())
+        pool = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}.get(pooling)
+        pool_layers = [pool(2, padding="same")] if pool else []
+        act_layers = [] if fused else [layers.Activation(activation)]
+        stack += pool_layers + act_layers if act_after_pool else act_layers + pool_layers
+        if conv_dropout:
+            stack.append(layers.Dropout(conv_dropout))
+    stack.append(layers.Flatten())
+    for units in fc_units:
+        stack.append(layers.Dense(units, activation=activation, kernel_initializer=_initializer(init)))
+        if dropout:
+            stack.append(layers.Dropout(dropout))
+    stack.append(layers.Dense(NUM_CLASSES, kernel_initializer=_initializer(init), name="logits"))
+    return keras.Sequential(stack)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: optimizer, learning rate and schedule, batch, length, regularisation."""
+
+    optimizer: str  # sgd | momentum | adam | adamw | rmsprop | adadelta
+    learning_rate: float  # peak learning rate
+    batch_size: int  # images per step
+    epochs: int = 0  # passes over the training split (ignored when steps > 0)
+    steps: int = 0  # optimizer steps, the course's "iterations"; 0 = use epochs
+    schedule: str = "constant"  # constant | cosine | onecycle | step (x gamma each epoch)
+    gamma: float = 0.7  # step schedule: factor per epoch (pytorch/examples' StepLR)
+    rho: float = 0.9  # RMSProp decay (TF1's RMSPropOptimizer(lr, 0.9)) / momentum for "momentum"
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay
+    label_smoothing: float = 0.0
+    augment: bool = False  # random shifts/rotations/scaling/elastic, on the fly (augment.py)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: a builder with its architecture defaults and its two recipes."""
+
+    builder: Callable[..., keras.Model]
+    arch: dict[str, Any]  # keyword defaults for the builder
+    course: Recipe  # the course's settings (``--course``, ``zoo``)
+    default: Recipe  # mnistlab's own settings
+    course_accuracy: float | None  # test accuracy the course reported at its settings
+    source: str  # where in the course notes it comes from
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "softmax": ModelSpec(
+        mlp, dict(hidden=()),
+        course=Recipe("sgd", 0.01, 50, epochs=150),  # S1: 150 epochs, batch 50, GD 0.01 -> 90.7%
+        default=Recipe("adam", 0.002, 128, epochs=30, schedule="cosine"),
+        course_accuracy=0.907, source="S0/S1", description="784->10 softmax regression"),
+    "mlp": ModelSpec(
+        mlp, dict(hidden=(256,)),
+        course=Recipe("adam", 0.01, 50, epochs=40),  # S1: 97.2% test
+        default=Recipe("adamw", 0.002, 128, epochs=30, schedule="cosine", weight_decay=0.05,
+                       label_smoothing=0.1),
+        course_accuracy=0.972, source="S1", description="784->256 relu->10"),
+    "mlp-sigmoid": ModelSpec(
+        mlp, dict(hidden=(625,), activation="sigmoid"),
+        course=Recipe("sgd", 0.05, 128, epochs=10),  # S0: 10 epochs -> 90.5%
+        default=Recipe("adam", 0.001, 128, epochs=20, schedule="cosine"),
+        course_accuracy=0.905, source="S0", description="784->625 sigmoid->10"),
+    "mlp2": ModelSpec(
+        mlp, dict(hidden=(625, 625), input_dropout=0.2, dropout=0.5),  # keep 0.8 input / 0.5 hidden
+        course=Recipe("rmsprop", 0.001, 128, epochs=10, rho=0.9),  # S0: 97.9%
+        default=Recipe("adamw", 0.001, 128, epochs=30, schedule="cosine", weight_decay=0.05),
+        course_accuracy=0.979, source="S0", description="784->625->625->10, dropout"),
+    "cnn-hvass": ModelSpec(
+        convnet, dict(filters=(16, 36), kernel_size=5, fc_units=(128,), act_after_pool=True),
+        course=Recipe("adam", 1e-4, 64, steps=10_000),  # S4: 98.8% after 10,000 iterations
+        default=Recipe("adam", 2e-3, 128, epochs=10, schedule="onecycle"),
+        course_accuracy=0.988, source="S4", description="conv5x5x16-pool-conv5x5x36-pool-fc128"),
+    "cnn-deep": ModelSpec(
+        convnet, dict(filters=(32, 64), kernel_size=5, fc_units=(1024,), dropout=0.5),
+        course=Recipe("adam", 1e-4, 100, steps=30_000),  # S3: 30,000 steps of 100 -> ~99.2%
+        default=Recipe("adam", 1e-3, 128, epochs=10, schedule="onecycle"),
+        course_accuracy=0.992, source="S3 (S2: lr 1e-3, batch 128)",
+        description="conv5x5x32-pool-conv5x5x64-pool-fc1024-dropout"),
+    "cnn3": ModelSpec(
+        convnet, dict(filters=(32, 64, 128), kernel_size=3, fc_units=(625,), conv_dropout=0.2, dropout=0.5),
+        course=Recipe("rmsprop", 0.001, 128, epochs=10, rho=0.9),  # S0
+        default=Recipe("adam", 2e-3, 128, epochs=10, schedule="onecycle"),
+        course_accuracy=None, source="S0", description="3x (conv3x3 32/64/128-pool-dropout)-fc625"),
+    "cnn": ModelSpec(
+        convnet, dict(filters=(32, 64, 128), kernel_size=3, fc_units=(), batchnorm=True, dropout=0.0,
+                      conv_dropout=0.0),
+        course=Recipe("adam", 1e-3, 128, epochs=10),
+        default=Recipe("adamw", 4e-3, 128, epochs=8, schedule="onecycle", weight_decay=0.05,
+                       label_smoothing=0.1),
+        course_accuracy=None, source="mnistlab",
+        description="default: 3x (conv3x3 BN relu pool) 32/64/128 -> 10, one-cycle AdamW"),
+}
+
+
+def spec(name: str) -> ModelSpec:
+    """The registry entry ``name``, or a clear error listing the models."""
+    if name not in MODELS:
+        raise MnistlabError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def arch_options(name: str) -> dict[str, Any]:
+    """The builder's full keyword defaults for ``name``, the registry's overriding its own."""
+    entry = spec(name)
+    params = inspect.signature(entry.builder).parameters
+    return {**{k: p.default for k, p in params.items()}, **entry.arch}
+
+
+def build(name: str, seed: int | None = None, **overrides: Any) -> keras.Model:
+    """Build model ``name`` with architecture ``overrides`` (e.g. ``filters=(8, 16)``).
+
+    An option the model has no use for (``filters`` on an MLP) is an error, not ignored.
+    """
+    options = arch_options(name)
+    unknown = sorted(set(overrides) - set(options))
+    if unknown:
+        raise MnistlabError(
+            f"model {name!r} has no option {', '.join(unknown)}; its options are {', '.join(options)}")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    model = spec(name).builder(**{**options, **overrides})
+    model.name = name  # type: ignore[misc]
+    return model
+
+
+def recipe(name: str, course: bool = False) -> Recipe:
+    """The course's or mnistlab's training settings for ``name``."""
+    entry = spec(name)
+    return entry.course if course else entry.default
+
+
+def recipe_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Recipe))
