@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int | None = option(None, "passes over the training split")
     steps: int | None = option(None, "optimizer steps (the course's iterations); overrides --epochs")
     schedule: str | None = option(None, "learning-rate schedule", choices=SCHEDULES)
+    gamma: float | None = option(None, "step schedule: learning-rate factor per epoch (StepLR)")
     weight_decay: float | None = option(None, "decoupled weight decay (adamw)")
     label_smoothing: float | None = option(None, "label smoothing in [0, 1)")
     augment: bool | None = option(None, "random shifts/rotations/scaling/elastic distortion on the fly")
@@ -322,14 +323,12 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
                     full = min(CHUNK_STEPS, epoch_steps - done, (n_train - done * recipe.batch_size) // recipe.batch_size)
                     size = recipe.batch_size if full > 0 else n_train - done * recipe.batch_size
                     count = max(full, 1)
-                    trace = writers is not None and epoch == 0 and done == 0
-                    if trace:
-                        tf.summary.trace_on(graph=True, profiler=False)
-                    train_chunk(x_train, y_train, order, tf.constant(done * recipe.batch_size),
-                                tf.constant(count), tf.constant(size))
-                    if trace:
+                    chunk_args = (x_train, y_train, order, tf.constant(done * recipe.batch_size),
+                                  tf.constant(count), tf.constant(size))
+                    train_chunk(*chunk_args)
+                    if writers is not None and epoch == first_epoch and done == 0:  # the model graph, once
                         with writers["train"].as_default():
-                            tf.summary.trace_export(name="train_step", step=0)
+                            tf.summary.graph(train_chunk.get_concrete_function(*chunk_args).graph)
                     done += count
                     if not bool(finite.numpy()):
                         last = manager.latest_checkpoint or "none (diverged in the first epoch)"
