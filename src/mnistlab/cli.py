@@ -141,8 +141,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     models.spec(model)  # unknown model: clear error before any work
     config = from_args(train.TrainConfig, args)
     arch = from_args(train.ArchConfig, args)
-    if not args.resume:
-        train.resolve_recipe(model, config)  # bad options: clear error before loading data
+    if not args.resume:  # bad options: clear errors before loading data
+        train.resolve_recipe(model, config)
+        models.check_options(model, arch.overrides())
     data_config = _data_config(args)
     if args.resume:
         data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v
@@ -192,10 +193,102 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     names = tuple(args.models) if args.models else zoo.COURSE_MODELS
     data_config = _data_config(args)
-    rows = zoo.run_zoo(data.load(data_config), args.out, names, args.max_epochs, args.seed, data_config)
+    rows = zoo.run_zoo(data.load(data_config), args.out, names, args.max_epochs, args.seed, data_config,
+                       course=not args.own)
     print(zoo.results_markdown(rows))
     print(f"wrote {args.out}/results.md")
     return 0
+
+
+# ---------------------------------------------------------------------------- plot, report
+def cmd_plot(args: argparse.Namespace) -> int:
+    from mnistlab import report
+
+    path = report.draw(report.Run(args.run), args.kind, args.out, index=args.index, count=args.count,
+                       layer=args.layer, channel=args.channel)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mnistlab import report
+
+    print(f"wrote {report.write_report(report.Run(args.run), args.out, index=args.index)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- preprocess, predict, serve, export
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from mnistlab import preprocess
+
+    image = preprocess.preprocess(args.image)
+    if args.out is None:
+        print(preprocess.ascii_art(image))
+        return 0
+    preprocess.save_seen(image, args.out, args.scale)
+    print(f"wrote {args.out}: the 28 x 28 input the model sees" + (f", {args.scale} px per pixel" if args.scale > 1 else ""))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnistlab import predict
+
+    predictor = predict.load_predictor(args.run)
+    results = predict.predict_files(predictor, args.images, args.top)
+    if args.json:
+        print(json.dumps({"model": predictor.name, "format": predictor.format, "results": results}, indent=2))
+    for r in results if not args.json else ():
+        if "error" in r:
+            print(f"error: {r['error']}")
+            continue
+        others = ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in r["top"][1:])
+        print(f"{r['file']}: {r['digit']} ({r['probability']:.1%})" + (f"  then {others}" if others else ""))
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mnistlab import serve
+
+    serve.serve(args.run, from_args(serve.ServeConfig, args))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mnistlab import export
+
+    out = export.export(args.run, args.format, args.out, force=args.force)
+    print(f"wrote {out} ({args.format}); `mnistlab predict {out} IMG` uses it")
+    return 0
+
+
+def _add_inference_commands(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.serve import ServeConfig  # light: no TensorFlow import at module level
+
+    model_help = "run folder, .keras file, SavedModel folder or .tflite file"
+    p = commands.add_parser("preprocess", help="show the 28 x 28 input the model would see for a picture")
+    p.add_argument("image", metavar="IMG", help="picture of one digit: PNG, JPEG, BMP, GIF, TIFF or WebP, any size")
+    p.add_argument("--out", default=None, help="PNG file to write (default: none, print the image as text)")
+    p.add_argument("--scale", type=int, default=1, help="pixels per model pixel in --out (default: 1)")
+    p.set_defaults(handler=cmd_preprocess)
+
+    p = commands.add_parser("predict", help="read the digit in each picture (exit 1 if any picture failed)")
+    p.add_argument("run", metavar="RUN", help=model_help)
+    p.add_argument("images", metavar="IMG", nargs="+", help="pictures of one digit each")
+    p.add_argument("--top", type=int, default=3, help="digits listed per picture, 1..10 (default: 3)")
+    p.add_argument("--json", action="store_true", help="print JSON (default: False)")
+    p.set_defaults(handler=cmd_predict)
+
+    p = commands.add_parser("serve", help="HTTP server: POST /predict, GET /health, /model, and a drawing page at /")
+    p.add_argument("run", metavar="RUN", help=model_help)
+    add_arguments(p, ServeConfig)
+    p.set_defaults(handler=cmd_serve)
+
+    p = commands.add_parser("export", help="export a run as a TensorFlow SavedModel or a TFLite file")
+    p.add_argument("run", metavar="RUN", help="run folder or .keras file")
+    p.add_argument("--format", required=True, choices=("savedmodel", "tflite"), help="what to write (required)")
+    p.add_argument("--out", required=True, help="folder to create, e.g. exports/cnn/1 (required)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: False)")
+    p.set_defaults(handler=cmd_export)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -268,9 +361,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=lambda s: s.split(","), default=None, help="comma-separated subset (default: all course models)")
     p.add_argument("--max-epochs", type=int, default=None, help="cap each run at this many epochs (default: no cap)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--own", action="store_true", help="use mnistlab's own settings instead of the course's (default: False)")
     _add_data_options(p)
     p.set_defaults(handler=cmd_zoo)
 
+    from mnistlab.report import PLOT_KINDS  # light: no TensorFlow import at module level
+    p = commands.add_parser("plot", help="draw one picture of a run as PNG (in RUN/plots/)",
+                            description="Kinds: " + "; ".join(f"{k}: {v.help}" for k, v in PLOT_KINDS.items()))
+    p.add_argument("run", metavar="RUN", help="run folder written by `mnistlab train`, e.g. runs/cnn")
+    p.add_argument("kind", choices=tuple(PLOT_KINDS), metavar="KIND", help=f"one of {', '.join(PLOT_KINDS)}")
+    p.add_argument("--index", type=int, default=None,
+                   help="samples/errors: first test image; feature-maps: the test image (default: 0)")
+    p.add_argument("--count", type=int, default=None, help="samples/errors: images in the grid, 1..25 (default: 25)")
+    p.add_argument("--layer", default=None, help="filters/feature-maps: conv layer number, counting only Conv2D "
+                   "layers (1 = first conv, 2 = second, as the course does), or a layer name (default: 1)")
+    p.add_argument("--channel", type=int, default=None,
+                   help="filters: input channel whose weights are drawn (default: 0)")
+    p.add_argument("--out", default=None, help="PNG file to write (default: RUN/plots/KIND.png; "
+                   "filters and feature-maps: RUN/plots/KIND-layerN.png)")
+    p.set_defaults(handler=cmd_plot)
+
+    p = commands.add_parser("report", help="write RUN/report.html: config, metrics and every picture, self-contained")
+    p.add_argument("run", metavar="RUN", help="run folder written by `mnistlab train`, e.g. runs/cnn")
+    p.add_argument("--index", type=int, default=0, help="test image whose feature maps are shown (default: 0)")
+    p.add_argument("--out", default=None, help="HTML file to write (default: RUN/report.html)")
+    p.set_defaults(handler=cmd_report)
+
+    _add_inference_commands(commands)
     for register in _EXTRA_COMMANDS:
         register(commands)
     return parser

@@ -1,0 +1,130 @@
+"""`mnistlab report`: one self-contained report.html, checked as text and in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mnistlab import cli, report
+from test_plots import shared_runs  # the tiny trained runs on synthetic data (tests/ is on sys.path)
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; .ci/run installs it. Never `playwright install`.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CNN_IMAGES = 9  # confusion, curves, samples, errors, filters x 2 layers, feature maps x 2, weights
+
+
+class Page(HTMLParser):
+    """Collects every tag's attributes and the section ids of a page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.images: list[dict] = []
+        self.links: list[str] = []
+        self.sections: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        for key in ("href", "src"):
+            if key in attrs and tag != "img":
+                self.links.append(attrs[key])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return shared_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cnn_report(runs) -> Path:
+    assert cli.main(["report", str(runs["cnn"]), "--index", "2"]) == 0
+    return runs["cnn"] / "report.html"
+
+
+def test_report_is_self_contained(cnn_report, capsys):
+    text = cnn_report.read_text(encoding="utf-8")
+    page = Page(text)
+    assert page.sections == ["metrics", "config", "confusion", "curves", "samples", "errors", "filters",
+                             "feature-maps", "weights"]
+    assert len(page.images) == CNN_IMAGES
+    for img in page.images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix) and img["alt"]
+        with Image.open(io.BytesIO(base64.b64decode(img["src"][len(prefix):]))) as png:
+            assert png.format == "PNG" and png.size[0] > 100
+    assert all(link.startswith(("#", "data:")) for link in page.links), page.links  # nothing fetched
+    # The config is shown, escaped: a string from config.json cannot inject markup.
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in text
+    assert "<script" not in text
+    assert "test_accuracy" in text and "train.batch_size" in text and "data.validation_size" in text
+    assert "Feature maps of test image #2" in text
+    assert not list(cnn_report.parent.glob(".report.html*"))  # atomic write left no temp file
+
+
+def test_report_of_softmax_run_has_weight_images_and_no_conv_sections(runs, tmp_path):
+    out = report.write_report(report.Run(runs["softmax"]), tmp_path / "softmax.html")
+    page = Page(out.read_text(encoding="utf-8"))
+    assert "filters" not in page.sections and "feature-maps" not in page.sections
+    assert len(page.images) == CNN_IMAGES - 4
+    assert page.images[-1]["alt"] == "weights"
+
+
+def test_report_notes_what_is_missing_instead_of_failing(runs, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("config.json", "model.keras"):  # no metrics.json, no history.csv
+        (folder / name).write_bytes((runs["softmax"] / name).read_bytes())
+    text = report.write_report(report.Run(folder)).read_text(encoding="utf-8")
+    assert "no metrics.json in the run folder" in text
+    assert "history.csv: missing" in text
+
+
+def test_report_index_is_validated(runs, capsys):
+    assert cli.main(["report", str(runs["cnn"]), "--index", "60"]) == 2
+    assert "--index 60: expected 0..59" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(cnn_report, tmp_path):
+    """Every image decodes in a real browser, nothing logs an error, a screenshot is taken."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} missing (CI=true: .ci/run must install chromium)")
+        pytest.skip(f"{CHROMIUM} missing")
+    from playwright.sync_api import sync_playwright
+
+    artifacts = Path(os.environ.get("MNISTLAB_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    screenshot = artifacts / "report-chromium.png"
+    screenshot.unlink(missing_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+            page.goto(cnn_report.as_uri(), wait_until="load")
+            images = page.eval_on_selector_all(
+                "img", "imgs => imgs.map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth}))")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert len(images) == CNN_IMAGES
+    broken = [i["alt"] for i in images if not (i["complete"] and i["width"] > 0)]
+    assert not broken, f"images that did not load: {broken}"
+    assert not errors, errors
+    with Image.open(screenshot) as shot:
+        assert shot.size[0] == 1200 and shot.size[1] > 900  # the whole page, longer than the window
