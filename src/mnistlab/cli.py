@@ -399,9 +399,9 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one command; a user error prints one line and exits 2."""
-    if not {"-h", "--help", "--version"} & set(sys.argv[1:] if argv is None else argv):
-        _import_tensorflow_quietly()
     args = build_parser().parse_args(argv)
+    if args.command != "data":  # every other command runs TensorFlow
+        _import_tensorflow_quietly()
     try:
         return args.handler(args)
     except MnistlabError as exc:

@@ -168,11 +168,26 @@ def find_files(folder: Path, facts: DatasetFacts) -> dict[str, Path] | None:
     return found
 
 
+def other_dataset(files: dict[str, Path], facts: DatasetFacts) -> str | None:
+    """The name of another known data set whose test labels ``files`` holds, else None.
+
+    MNIST and Fashion-MNIST share their file names, so a folder of one would otherwise load
+    silently as the other; the 10 kB test-labels file tells them apart.
+    """
+    others = {f.files["test_labels"].sha256: f.name for f in DATASETS.values() if f.name != facts.name}
+    try:
+        content = decompressed_bytes(files["test_labels"].read_bytes(), str(files["test_labels"]))
+    except (OSError, MnistlabError):
+        return None  # unreadable or malformed: loading it reports the problem
+    return others.get(hashlib.sha256(content).hexdigest())
+
+
 def _in_folder(folder: Path, facts: DatasetFacts) -> tuple[Path, dict[str, Path]] | None:
-    """Look for the files in ``folder/<dataset>`` first, then in ``folder`` itself."""
+    """Look for the files in ``folder/<dataset>`` first, then in ``folder`` itself,
+    passing over a folder that holds another known data set."""
     for candidate in (folder / facts.name, folder):
         files = find_files(candidate, facts)
-        if files:
+        if files and not other_dataset(files, facts):
             return candidate, files
     return None
 
@@ -181,8 +196,13 @@ def locate(config: DataConfig) -> tuple[Path, dict[str, Path], str]:
     """Find (or download) the four files; return (folder, role -> path, how it was found)."""
     facts = facts_for(config.dataset)
     if config.data_dir:
-        hit = _in_folder(Path(config.data_dir).expanduser(), facts)
+        folder = Path(config.data_dir).expanduser()
+        hit = _in_folder(folder, facts)
         if not hit:
+            files = find_files(folder, facts)
+            if files and (other := other_dataset(files, facts)):
+                raise MnistlabError(f"--data-dir {config.data_dir}: holds {other}, not {facts.name}; "
+                                    f"give {facts.name}'s folder or --dataset {other}")
             names = ", ".join(f.name + "[.gz]" for f in facts.files.values())
             raise MnistlabError(f"--data-dir {config.data_dir}: expected the files {names} there")
         return (*hit, "--data-dir")

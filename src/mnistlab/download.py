@@ -8,6 +8,7 @@ interrupted or corrupt download never leaves a file that later loads as data.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -71,6 +72,9 @@ def download_file(
             continue
         except (urllib.error.URLError, OSError) as exc:
             failures.append(f"{url}: {getattr(exc, 'reason', exc)}")
+            continue
+        except (http.client.HTTPException, ValueError) as exc:  # not HTTP at all, or not a URL
+            failures.append(f"{url}: {type(exc).__name__}: {' '.join(str(exc).split())}")
             continue
         except MnistlabError as exc:
             failures.append(f"{url}: {exc}")

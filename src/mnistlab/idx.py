@@ -7,6 +7,7 @@ big-endian uint32 per dimension, then the values in C order. Files may be gzip-c
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -32,6 +33,7 @@ TYPE_CODES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's window-bits code for "gzip header and trailer"
 
 
 def _parse_header(head: bytes, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -52,7 +54,7 @@ def _parse_header(head: bytes, name: str) -> tuple[np.dtype, tuple[int, ...], in
 
 
 def _payload_bytes(dtype: np.dtype, shape: tuple[int, ...], name: str) -> int:
-    size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    size = dtype.itemsize * math.prod(shape)  # Python ints: np.prod would wrap past 2**63
     if size > MAX_PAYLOAD_BYTES:
         raise MnistlabError(f"{name}: header claims shape {shape} ({size} bytes), over the 1 GiB limit")
     return size
@@ -81,27 +83,25 @@ def gunzip_bounded(raw: bytes, name: str = "<bytes>") -> bytes:
     A forged header or a decompression bomb therefore cannot make us allocate more than the
     1 GiB payload limit, and a cut-off stream is an error rather than silently short data.
     """
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        head = inflater.decompress(raw, MAGIC_BYTES + DIM_BYTES * MAX_NDIM)
+        # A throwaway inflater reads just the header; a fresh one then inflates the whole stream
+        # in one call, up to one byte past the declared size (so extra data shows) -- no
+        # head + rest concatenation, which copied the 47 MB training images once more.
+        head = zlib.decompressobj(wbits=GZIP_WBITS).decompress(raw, MAGIC_BYTES + DIM_BYTES * MAX_NDIM)
         dtype, shape, header_size = _parse_header(head, name)
         expected = header_size + _payload_bytes(dtype, shape, name)
-        rest = inflater.decompress(inflater.unconsumed_tail, max(expected - len(head), 0) + 1)
+        inflater = zlib.decompressobj(wbits=GZIP_WBITS)
+        data = inflater.decompress(raw, expected + 1)
     except zlib.error as exc:
         raise MnistlabError(f"{name}: corrupt gzip data ({exc})") from None
-    data = head + rest
-    if len(data) == expected and not inflater.eof:  # payload complete: is there anything after it?
-        try:
-            extra = inflater.decompress(inflater.unconsumed_tail, 1)
-        except zlib.error as exc:
-            raise MnistlabError(f"{name}: corrupt gzip data ({exc})") from None
-        data += extra
     if len(data) > expected:
         raise MnistlabError(f"{name}: has trailing bytes beyond header shape {shape} ({expected} bytes)")
-    if not inflater.eof:
+    if not inflater.eof or len(data) < expected:  # output stopped short of the limit: input ran out
         raise MnistlabError(
             f"{name}: truncated gzip stream ({len(data)} of {expected} bytes decompressed)"
         )
+    if inflater.unused_data.strip(b"\0"):  # zero padding is allowed, as gzip(1) allows it
+        raise MnistlabError(f"{name}: has trailing bytes after the end of the gzip stream")
     return data
 
 

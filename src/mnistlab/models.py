@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import keras
-from keras import layers
 
 from mnistlab.errors import MnistlabError
+
+if TYPE_CHECKING:  # Keras is imported inside the builders: listing models or parsing flags stays light
+    import keras
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -25,7 +26,9 @@ POOLINGS = ("max", "avg", "stride", "none")  # stride: stride-2 convolution inst
 INITS = ("glorot_uniform", "he_normal", "random_normal", "truncated_normal", "zeros")
 
 
-def _initializer(name: str, seed: int | None = None) -> keras.initializers.Initializer:
+def _initializer(name: str, seed: int | None = None) -> "keras.initializers.Initializer":
+    import keras
+
     """Keras initializer by name; ``random_normal`` is TF1's N(0, 1), as S1/S2 used (it hurts)."""
     if name == "random_normal":
         return keras.initializers.RandomNormal(stddev=1.0, seed=seed)
@@ -33,7 +36,7 @@ def _initializer(name: str, seed: int | None = None) -> keras.initializers.Initi
         return keras.initializers.TruncatedNormal(stddev=0.1, seed=seed)
     if name not in INITS:
         raise MnistlabError(f"--init {name!r}: expected one of {', '.join(INITS)}")
-    return keras.initializers.get({"class_name": name, "config": {}} if name == "zeros" else name)
+    return keras.initializers.get(name)
 
 
 def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
@@ -42,8 +45,11 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def mlp(hidden: tuple[int, ...] = (256,), activation: str = "relu", input_dropout: float = 0.0,
-        dropout: float = 0.0, init: str = "glorot_uniform") -> keras.Model:
+        dropout: float = 0.0, init: str = "glorot_uniform") -> "keras.Model":
     """Flatten -> [Dense(hidden) -> activation -> dropout]* -> Dense(10). ``hidden=()`` is softmax regression."""
+    import keras
+    from keras import layers
+
     _check_choice("activation", activation, ACTIVATIONS)
     stack: list[Any] = [keras.Input(INPUT_SHAPE), layers.Flatten()]
     if input_dropout:
@@ -59,7 +65,7 @@ def mlp(hidden: tuple[int, ...] = (256,), activation: str = "relu", input_dropou
 def convnet(filters: tuple[int, ...] = (32, 64), kernel_size: int = 5, fc_units: tuple[int, ...] = (1024,),
             activation: str = "relu", pooling: str = "max", act_after_pool: bool = False,
             conv_dropout: float = 0.0, dropout: float = 0.0, batchnorm: bool = False,
-            init: str = "glorot_uniform") -> keras.Model:
+            init: str = "glorot_uniform") -> "keras.Model":
     """[Conv(k x k, f, same) -> act -> 2x2 pool -> dropout]* -> Flatten -> [Dense -> act -> dropout]* -> Dense(10).
 
     ``act_after_pool`` pools before the activation (S4's order; identical for relu + max);
@@ -67,6 +73,9 @@ def convnet(filters: tuple[int, ...] = (32, 64), kernel_size: int = 5, fc_units:
     """
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("pooling", pooling, POOLINGS)
+    import keras
+    from keras import layers
+
     stack: list[Any] = [keras.Input(INPUT_SHAPE)]
     for f in filters:
         fused = not batchnorm and not act_after_pool  # activation inside Conv2D: its output is the feature map
@@ -111,7 +120,7 @@ class Recipe:
 class ModelSpec:
     """One registry entry: a builder with its architecture defaults and its two recipes."""
 
-    builder: Callable[..., keras.Model]
+    builder: Callable[..., "keras.Model"]
     arch: dict[str, Any]  # keyword defaults for the builder
     course: Recipe  # the course's settings (``--course``, ``zoo``)
     default: Recipe  # mnistlab's own settings
@@ -194,13 +203,15 @@ def check_options(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {**options, **overrides}
 
 
-def build(name: str, seed: int | None = None, **overrides: Any) -> keras.Model:
+def build(name: str, seed: int | None = None, **overrides: Any) -> "keras.Model":
     """Build model ``name`` with architecture ``overrides`` (e.g. ``filters=(8, 16)``).
 
     An option the model has no use for (``filters`` on an MLP) is an error, not ignored.
     """
     options = check_options(name, overrides)
     if seed is not None:
+        import keras
+
         keras.utils.set_random_seed(seed)
     model = spec(name).builder(**options)
     model.name = name  # type: ignore[misc]
