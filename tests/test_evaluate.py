@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mnistlab import cli, zoo
 from mnistlab.evaluate import confusion_table, evaluate_logits, write_reports
-from mnistlab.train import TrainConfig
 from synthetic import synthetic_dataset, write_synthetic_idx
 
 
@@ -103,7 +101,7 @@ def test_cli_train_evaluate_models(tiny_dir, tmp_path, capsys):
     (["train", "mlp", "--out", "X", "--learning-rate", "-1"], "--learning-rate -1"),
     (["train", "mlp", "--out", "X", "--batch-size", "0"], "--batch-size 0"),
     (["train", "mlp", "--out", "X", "--filters", "8"], "no option filters"),
-    (["evaluate", "/nonexistent/run"], "not a run folder"),
+    (["evaluate", "/nonexistent/run"], "expected a run folder"),
 ])
 def test_cli_bad_options_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistlab import cli, data, idx, plots, report
+from mnistlab import cli, data, evaluate, idx, plots, report
 
 N_TRAIN, N_TEST, N_VALIDATION = 200, 60, 20
 FLIP_EVERY = 10  # every 10th test label is shifted by one, so some test images are always misclassified
@@ -196,7 +196,7 @@ def test_confusion_matrix_matches_numpy_count():
     labels, predictions = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
     expected = np.zeros((10, 10), np.int64)
     np.add.at(expected, (labels, predictions), 1)
-    np.testing.assert_array_equal(report.confusion_matrix(labels, predictions, 10), expected)
+    np.testing.assert_array_equal(evaluate.confusion_matrix(labels, predictions, 10), expected)
 
 
 def test_confusion_uses_evaluation_json_only_when_current(runs, tmp_path):

@@ -202,18 +202,18 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- plot, report
 def cmd_plot(args: argparse.Namespace) -> int:
-    from mnistlab import report
+    from mnistlab import report, runs
 
-    path = report.draw(report.Run(args.run), args.kind, args.out, index=args.index, count=args.count,
+    path = report.draw(runs.Run(args.run), args.kind, args.out, index=args.index, count=args.count,
                        layer=args.layer, channel=args.channel)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mnistlab import report
+    from mnistlab import report, runs
 
-    print(f"wrote {report.write_report(report.Run(args.run), args.out, index=args.index)}")
+    print(f"wrote {report.write_report(runs.Run(args.run), args.out, index=args.index)}")
     return 0
 
 

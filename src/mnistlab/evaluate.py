@@ -55,6 +55,20 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = EVAL_BATCH)
     return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits ``(N, C)``, stable for large values."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Counts ``(C, C)``, row = true class, column = predicted class (``tf.math.confusion_matrix``)."""
+    import tensorflow as tf
+
+    return tf.math.confusion_matrix(labels, predictions, num_classes=num_classes).numpy().astype(np.int64)
+
+
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Metrics from logits and integer labels (softmax cross-entropy, computed stably by TF)."""
     import tensorflow as tf
@@ -62,9 +76,9 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
     labels = labels.argmax(1) if labels.ndim == 2 else labels
     labels = labels.astype(np.int64)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    probabilities = tf.nn.softmax(logits).numpy()
+    probabilities = softmax(np.asarray(logits, np.float32))
     predictions = probabilities.argmax(1)
-    confusion = tf.math.confusion_matrix(labels, predictions, num_classes=NUM_CLASSES).numpy()
+    confusion = confusion_matrix(labels, predictions)
     return Evaluation(
         loss=float(tf.reduce_mean(losses).numpy()) if len(labels) else float("nan"),
         accuracy=float((predictions == labels).mean()) if len(labels) else float("nan"),

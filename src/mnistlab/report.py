@@ -1,42 +1,30 @@
-"""A run folder's pictures and report: load its model and test data, draw, write ``report.html``.
-
-``Run`` loads what a picture needs only when first asked (model, test split, predictions);
-``draw`` makes one picture by name (``mnistlab plot``); ``write_report`` puts them all, with the
-config and metrics, in one self-contained HTML page (``mnistlab report``).
-
-Conv layers are numbered as the course does: layer 1 is the model's first Conv2D, layer 2 its
-second. A layer's feature maps are the output of its *block*: the Conv2D and the batch-norm,
-activation and pooling layers right after it, so S4's layer 1 gives 16 maps at 14 x 14.
+"""Pictures of a run and its report: ``draw`` makes one picture by name (``mnistlab plot``);
+``write_report`` puts them all, with the config and metrics, in one self-contained HTML page
+(``mnistlab report``). Loading the run itself is ``runs.Run``'s job.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
-import dataclasses
 import datetime
 import html
 import json
 import tempfile
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from mnistlab import __version__, fileio, plots
-from mnistlab.data import IMAGE_SIDE
 from mnistlab.errors import MnistlabError
+from mnistlab.runs import (
+    METRICS_FILE,
+    Run,
+)
 
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
-EVALUATION_FILE = "evaluation.json"
 PLOTS_DIR = "plots"  # inside the run folder: default home of `mnistlab plot` output
 REPORT_FILE = "report.html"
-PREDICT_BATCH = 500  # images per model.predict batch
 
 
 @dataclass(frozen=True)
@@ -58,229 +46,6 @@ PLOT_KINDS: dict[str, PlotKind] = {
     "weights": PlotKind("softmax regression: the ten 28x28 weight images; other models: weight histograms", ()),
 }
 DEFAULTS: dict[str, Any] = {"index": 0, "count": plots.MAX_GRID, "layer": "1", "channel": 0}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits ``(N, C)``, stable for large values."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts ``(C, C)``: row = true class, column = predicted class."""
-    import tensorflow as tf
-
-    return tf.math.confusion_matrix(labels, predictions, num_classes=num_classes).numpy().astype(np.int64)
-
-
-def _read_json(path: Path, required: bool = False) -> dict | None:
-    if not path.is_file():
-        if required:
-            raise MnistlabError(f"{path}: missing; expected a run folder written by `mnistlab train`")
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MnistlabError(f"{path}: cannot read JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise MnistlabError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
-
-
-class Run:
-    """A run folder (``config.json``, ``model.keras``, ``metrics.json``, ``history.csv``, ...).
-
-    The model, the test split (from the config's ``data`` section) and the predictions load on
-    first use. ``test`` and ``class_names`` may be given instead, e.g. by a test.
-    """
-
-    def __init__(self, folder: str | Path, test: Any = None, class_names: Sequence[str] | None = None) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise MnistlabError(f"{self.folder}: no such run folder; expected one written by `mnistlab train`")
-        self.config: dict = _read_json(self.folder / CONFIG_FILE, required=True)  # type: ignore[assignment]
-        if test is not None:
-            self.__dict__["test"] = test  # fills the cached_property
-        if class_names is not None:
-            self.__dict__["class_names"] = tuple(class_names)
-
-    @property
-    def name(self) -> str:
-        return str(self.config.get("model", self.folder.name))
-
-    # ------------------------------------------------------------------ loading
-    def _data_config(self):
-        from mnistlab.data import DataConfig
-
-        fields = self.config.get("data")
-        if not isinstance(fields, dict):
-            raise MnistlabError(f"{self.folder / CONFIG_FILE}: no \"data\" object; expected the run's data settings")
-        known = {f.name for f in dataclasses.fields(DataConfig)}
-        return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known})
-
-    @cached_property
-    def test(self):
-        """The test split the run was trained for: images ``(N, 28, 28, 1)``, labels ``(N,)``."""
-        from mnistlab import data
-
-        dataset = data.load(self._data_config())
-        self.__dict__.setdefault("class_names", dataset.facts.class_names)
-        return dataset.test
-
-    @cached_property
-    def class_names(self) -> tuple[str, ...]:
-        from mnistlab import data
-
-        return data.facts_for(self._data_config().dataset).class_names
-
-    @cached_property
-    def model(self):
-        """``model.keras``, loaded with Keras' ``safe_mode``."""
-        from mnistlab import evaluate
-
-        return evaluate.load_model(self.folder)
-
-    @cached_property
-    def metrics(self) -> dict:
-        return _read_json(self.folder / METRICS_FILE) or {}
-
-    @cached_property
-    def evaluation(self) -> dict | None:
-        """``evaluation.json`` if it is about the test split and newer than the model, else None."""
-        path, model = self.folder / EVALUATION_FILE, self.folder / MODEL_FILE
-        value = _read_json(path)
-        if not value or value.get("split") != "test":
-            return None
-        if model.is_file() and path.stat().st_mtime < model.stat().st_mtime:
-            return None  # written for an earlier model in this folder
-        return value
-
-    def history(self) -> list[dict[str, str]]:
-        """Rows of ``history.csv`` (one per epoch), keyed by ``plots.HISTORY_COLUMNS``."""
-        path = self.folder / HISTORY_FILE
-        if not path.is_file():
-            raise MnistlabError(f"{path}: missing; curves need the per-epoch history `mnistlab train` writes")
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            missing = [c for c in ("epoch", "train_loss", "train_accuracy") if c not in (reader.fieldnames or ())]
-        if missing:
-            raise MnistlabError(f"{path}: no column {', '.join(missing)}; expected {','.join(plots.HISTORY_COLUMNS)}")
-        if not rows:
-            raise MnistlabError(f"{path}: no epochs; expected one row per epoch")
-        return rows
-
-    # ------------------------------------------------------------------ predictions
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, 10)`` (softmax of the model's logits)."""
-        return softmax(np.asarray(self.model.predict(images, batch_size=PREDICT_BATCH, verbose=0), np.float64))
-
-    @cached_property
-    def probabilities(self) -> np.ndarray:
-        """Class probabilities for every test image ``(N, 10)``."""
-        return self.predict(self.test.images)
-
-    def probabilities_at(self, indices: np.ndarray) -> np.ndarray:
-        """Probabilities of some test images, predicting only those unless all are known."""
-        if "probabilities" in self.__dict__:
-            return self.probabilities[indices]
-        return self.predict(self.test.images[indices])
-
-    def confusion(self) -> np.ndarray:
-        """Test confusion matrix: from ``evaluation.json`` when current, else computed."""
-        n = len(self.class_names)
-        if self.evaluation and "confusion_matrix" in self.evaluation:
-            matrix = np.asarray(self.evaluation["confusion_matrix"], dtype=np.int64)
-            if matrix.shape == (n, n):
-                return matrix
-        return confusion_matrix(self.test.labels, self.probabilities.argmax(1), n)
-
-    def check_index(self, index: int) -> None:
-        n = len(self.test)
-        if not 0 <= index < n:
-            raise MnistlabError(f"--index {index}: expected 0..{n - 1} for the {n} test images")
-
-    # ------------------------------------------------------------------ layers
-    def conv_layers(self) -> list:
-        import keras
-
-        return [layer for layer in self.model.layers if isinstance(layer, keras.layers.Conv2D)]
-
-    def conv_layer(self, spec: str | int) -> tuple[int, Any]:
-        """Resolve ``--layer``: a number 1..K over the Conv2D layers, or a layer name."""
-        convs = self.conv_layers()
-        kinds = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in self.model.layers)
-        if not convs:
-            raise MnistlabError(f"--layer: model {self.name!r} has no Conv2D layer ({kinds}); "
-                                f"filters and feature-maps need a conv model")
-        valid = "; ".join(f"{n} = {_describe_conv(layer)}" for n, layer in enumerate(convs, 1))
-        text = str(spec).strip()
-        if text.lstrip("-").isdigit():
-            number = int(text)
-            if 1 <= number <= len(convs):
-                return number, convs[number - 1]
-            raise MnistlabError(f"--layer {text}: not a conv layer number; expected 1..{len(convs)}, "
-                                f"counting the Conv2D layers in order: {valid}")
-        for layer in self.model.layers:
-            if layer.name == text:
-                if layer in convs:
-                    return convs.index(layer) + 1, layer
-                raise MnistlabError(f"--layer {text}: a {type(layer).__name__} layer, not a conv layer; "
-                                    f"expected one of {valid}")
-        raise MnistlabError(f"--layer {text!r}: no such layer; expected a conv layer number or name: {valid}")
-
-    def conv_block(self, conv) -> list:
-        """``conv`` and the batch-norm / activation / pooling layers right after it."""
-        import keras
-
-        follow = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU,
-                  keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.PReLU,
-                  keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-        layers = list(self.model.layers)
-        block = [conv]
-        for layer in layers[layers.index(conv) + 1:]:
-            if not isinstance(layer, follow):
-                break
-            block.append(layer)
-        return block
-
-    def feature_maps(self, conv, index: int) -> tuple[list, np.ndarray]:
-        """The block of ``conv`` and its output ``(H, W, C)`` for test image ``index``."""
-        import keras
-
-        block = self.conv_block(conv)
-        try:
-            inputs = self.model.inputs
-            probe = keras.Model(inputs[0] if len(inputs) == 1 else inputs, block[-1].output)
-        except (AttributeError, ValueError, TypeError) as exc:
-            raise MnistlabError(f"model {self.name!r}: cannot read its layer outputs ({exc}); "
-                                f"feature maps need a Sequential or functional model") from None
-        out = probe(self.test.images[index:index + 1], training=False)
-        return block, keras.ops.convert_to_numpy(out)[0]
-
-    def softmax_kernel(self) -> np.ndarray | None:
-        """The ``(784, 10)`` kernel if the model is softmax regression (one Dense layer), else None."""
-        import keras
-
-        weighted = [layer for layer in self.model.layers if layer.weights]
-        if len(weighted) == 1 and isinstance(weighted[0], keras.layers.Dense):
-            kernel = keras.ops.convert_to_numpy(weighted[0].kernel)
-            if kernel.shape == (IMAGE_SIDE * IMAGE_SIDE, len(self.class_names)):
-                return kernel
-        return None
-
-    def kernels(self) -> list[tuple[str, np.ndarray]]:
-        """``(label, kernel)`` for every layer with a kernel (weights of rank 2 or more)."""
-        import keras
-
-        return [(f"{layer.name} ({type(layer).__name__})", keras.ops.convert_to_numpy(w))
-                for layer in self.model.layers for w in layer.weights if len(w.shape) >= 2]
-
-
-def _describe_conv(layer) -> str:
-    kh, kw = layer.kernel_size
-    return f"{layer.name} (Conv2D {kh}x{kw}, {layer.filters} filters)"
 
 
 # ---------------------------------------------------------------------- one picture

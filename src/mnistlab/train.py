@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -224,7 +223,6 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
     plus ``best``), tensorboard/, model.keras (the final model) and metrics.json (test metrics).
     Ctrl-C saves a checkpoint first; ``resume=True`` continues from the latest one.
     """
-    import keras
     import tensorflow as tf
 
     from mnistlab.evaluate import evaluate_split
@@ -412,10 +410,6 @@ def _write_summaries(writers: dict, row: dict[str, float], model: Any, step: int
 
 def load_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a run folder, or a clear error."""
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MnistlabError(f"{run_dir}: not a run folder (no config.json); expected the --out of `mnistlab train`") from None
-    except json.JSONDecodeError as exc:
-        raise MnistlabError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    from mnistlab.runs import CONFIG_FILE, read_json
+
+    return read_json(Path(run_dir) / CONFIG_FILE, required=True)
