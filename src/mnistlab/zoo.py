@@ -43,7 +43,7 @@ def run_zoo(data: Dataset, out: str | os.PathLike, names: tuple[str, ...] = COUR
                "epochs": round(result.metrics["steps"] * recipe.batch_size / len(data.train), 1),
                "steps": result.metrics["steps"], "train_seconds": result.metrics["train_seconds"],
                "test_accuracy": result.metrics["test_accuracy"], "course_accuracy": spec.course_accuracy,
-               "source": spec.source, "capped": course and config.epochs is not None,
+               "capped": course and config.epochs is not None,
                "settings": f"{recipe.optimizer} {recipe.learning_rate:g}, batch {recipe.batch_size}"}
         fileio.write_json(Path(out) / name / "zoo.json", row)
         rows.append(row)
@@ -62,7 +62,8 @@ def results_markdown(rows: list[dict]) -> str:
     lines = ["| model | params | settings | epochs | train time (s) | test accuracy | course reported |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        course = f"{r['course_accuracy']:.1%} ({r['source']})" if r["course_accuracy"] else f"– ({r['source']})"
+        source = models.spec(r["model"]).source
+        course = f"{r['course_accuracy']:.1%} ({source})" if r["course_accuracy"] else f"– ({source})"
         epochs = f"{r['epochs']:g}" + (" (capped)" if r.get("capped") else "")
         lines.append(f"| {r['model']} | {r['params']:,} | {r['settings']} | {epochs} | "
                      f"{r['train_seconds']:.0f} | {r['test_accuracy']:.2%} | {course} |")

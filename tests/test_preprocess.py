@@ -1,0 +1,250 @@
+"""Preprocessing: any picture of a digit -> MNIST's 28 x 28 recipe, and refusals of bad pictures.
+
+The fast tests draw digits with Pillow; the real-data tests use MNIST itself as the oracle (an
+MNIST digit, enlarged, must come back as itself), and the slow test measures how often a trained
+model still reads MNIST test digits dressed up as photos (scaled, shifted, inverted, noisy,
+JPEG and PNG).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import _models
+from _models import FOUR, SEVEN, draw, encode, png_header_only
+from mnistlab import cli, preprocess
+from mnistlab.errors import MnistlabError
+
+def centre_of_mass(x: np.ndarray) -> tuple[float, float]:
+    x = x.reshape(28, 28)
+    return float((x.sum(1) * np.arange(28)).sum() / x.sum()), float((x.sum(0) * np.arange(28)).sum() / x.sum())
+
+
+def bbox_side(x: np.ndarray, level: float = 0.05) -> int:
+    rows, cols = np.nonzero(x.reshape(28, 28) > level)
+    return int(max(np.ptp(rows), np.ptp(cols)) + 1)
+
+
+def similar(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two 28 x 28 images, the best over shifts of up to one pixel (centring
+    rounds the centre of mass to whole pixels, so the same digit may land one pixel over)."""
+    a, b = np.asarray(a).reshape(28, 28), np.asarray(b).reshape(28, 28)
+    return max(float(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel(), b.ravel())[0, 1])
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+# ---------------------------------------------------------------------------- the recipe
+def test_output_follows_mnists_recipe():
+    x = preprocess.preprocess(encode(draw(), "PNG"))
+    assert x.shape == (28, 28, 1) and x.dtype == np.float32
+    assert x.min() >= 0 and x.max() == pytest.approx(1.0)
+    assert bbox_side(x, 0) in (19, 20, 21)  # longest side scaled to 20 px (anti-aliasing may add a pixel)
+    r, c = centre_of_mass(x)
+    assert abs(r - preprocess.CENTRE) <= 0.5 and abs(c - preprocess.CENTRE) <= 0.5
+
+
+def test_dark_on_light_and_light_on_dark_give_the_same_input():
+    dark_ink = preprocess.preprocess(encode(draw(ink=20, paper=235), "PNG"))
+    light_ink = preprocess.preprocess(encode(draw(ink=235, paper=20), "PNG"))
+    assert similar(dark_ink, light_ink) > 0.99
+    assert dark_ink[14].max() > 0.5  # the digit is light on dark, as in MNIST
+
+
+def test_size_position_and_aspect_of_the_sheet_do_not_matter():
+    reference = preprocess.preprocess(encode(draw(), "PNG"))
+    for size, box in [((640, 480), (300, 150, 250)), ((120, 300), (10, 5, 100)), ((1500, 1100), (100, 600, 480))]:
+        x = preprocess.preprocess(encode(draw(size=size, box=box), "PNG"))
+        assert similar(x, reference) > 0.93, (size, box)
+
+
+def test_uneven_lighting_and_noise_are_suppressed():
+    rng = np.random.default_rng(0)
+    clean = np.asarray(draw(size=(400, 300), box=(60, 20, 260)), np.float32) / 255
+    shadow = np.linspace(1.0, 0.55, 400)[None, :]  # the right side is in shadow
+    noisy = np.clip(clean * 0.8 * shadow + 0.1 + rng.normal(0, 0.06, clean.shape), 0, 1)
+    x = preprocess.preprocess(encode(Image.fromarray(np.round(noisy * 255).astype(np.uint8)), "PNG"))
+    reference = preprocess.preprocess(encode(draw(size=(400, 300), box=(60, 20, 260)), "PNG"))
+    assert similar(x, reference) > 0.9
+    assert (x[reference < 0.01] > 0.2).mean() < 0.01  # background stays dark
+
+
+@pytest.mark.parametrize("fmt, params", [("PNG", {}), ("JPEG", {"quality": 70}), ("BMP", {}), ("GIF", {}),
+                                         ("TIFF", {}), ("WEBP", {"quality": 80})])
+def test_every_accepted_format_reads_the_same(fmt, params):
+    reference = preprocess.preprocess(encode(draw(), "PNG"))
+    x = preprocess.preprocess(encode(draw(mode="RGB"), fmt, **params), name=f"seven.{fmt.lower()}")
+    assert similar(x, reference) > 0.97
+
+
+@pytest.mark.parametrize("ink", [(0, 0, 0), (255, 255, 255)])
+def test_transparent_background_is_laid_on_a_contrasting_one(ink):
+    alpha = np.asarray(draw(ink=255, paper=0))  # opaque only where the ink is
+    rgba = np.zeros((*alpha.shape, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = ink, alpha
+    x = preprocess.preprocess(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert similar(x, preprocess.preprocess(encode(draw(), "PNG"))) > 0.99
+
+
+def test_sixteen_bit_palette_and_colour_pictures():
+    reference = preprocess.preprocess(encode(draw(), "PNG"))
+    grey16 = Image.fromarray((np.asarray(draw(), np.uint16) * 257).astype(np.uint16))
+    palette = draw(mode="RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    tinted = Image.merge("RGB", [draw(ink=v, paper=p) for v, p in ((90, 250), (20, 230), (40, 180))])
+    for image in (grey16, palette, tinted):
+        assert similar(preprocess.preprocess(encode(image, "PNG")), reference) > 0.97
+
+
+def test_gif_animation_gives_its_first_frame():
+    first, second = draw(SEVEN).convert("P"), draw(FOUR).convert("P")
+    gif = encode(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    assert Image.open(io.BytesIO(gif)).n_frames == 2
+    x = preprocess.preprocess(gif)
+    assert similar(x, preprocess.preprocess(encode(first, "PNG"))) > 0.99
+    assert similar(x, preprocess.preprocess(encode(second, "PNG"))) < 0.8
+
+
+def test_exif_orientation_is_applied():
+    upright = draw(FOUR, mode="RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    x = preprocess.preprocess(encode(stored, "JPEG", exif=exif, quality=90))
+    assert similar(x, preprocess.preprocess(encode(upright, "PNG"))) > 0.97
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(side=st.integers(40, 400), dx=st.floats(0, 1), dy=st.floats(0, 1), extra_w=st.integers(0, 300),
+       extra_h=st.integers(0, 300), light=st.booleans(), four=st.booleans())
+def test_any_placement_gives_a_centred_20_px_digit(side, dx, dy, extra_w, extra_h, light, four):
+    size = (side + extra_w, side + extra_h)
+    box = (round(dx * extra_w), round(dy * extra_h), side)
+    ink, paper = (230, 30) if light else (30, 230)
+    x = preprocess.to_mnist(np.asarray(draw(FOUR if four else SEVEN, size, box, ink, paper), np.float32) / 255)
+    assert x.shape == (28, 28, 1) and 0 <= x.min() and x.max() == pytest.approx(1.0)
+    assert 18 <= bbox_side(x, 0) <= 21
+    r, c = centre_of_mass(x)
+    assert abs(r - 14) <= 0.6 and abs(c - 14) <= 0.6
+
+
+# ---------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("what, grey", [
+    ("blank white", np.ones((200, 200))),
+    ("black", np.zeros((50, 80))),
+    ("flat grey", np.full((300, 100), 0.4)),
+    ("pixel noise", np.clip(0.5 + 0.12 * np.random.default_rng(0).standard_normal((256, 256)), 0, 1)),
+    ("uniform noise", np.random.default_rng(1).random((200, 300))),
+    ("lighting gradient", np.tile(np.linspace(0.2, 1.0, 300), (200, 1))),
+    ("one speck", np.pad(np.zeros((3, 3)), 150, constant_values=1.0)),
+    ("a dot", np.asarray(draw([[(0.5, 0.5)]], width=0.15), np.float32) / 255),
+    ("a filled square", np.pad(np.zeros((60, 60)), 70, constant_values=1.0)),
+])
+def test_pictures_without_a_digit_are_refused(what, grey):
+    data = encode(Image.fromarray(np.round(grey * 255).astype(np.uint8)), "PNG")
+    with pytest.raises(preprocess.NoDigitFound, match=r"^blank\.png: no digit found"):
+        preprocess.preprocess(data, name="blank.png")
+
+
+def test_unreadable_files_name_the_file(tmp_path: Path):
+    cases = {
+        "notes.png": b"this is text, not a picture",
+        "empty.jpg": b"",
+        "cut.png": encode(draw(), "PNG")[:200],
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(preprocess.UnreadableImage, match=rf"^{tmp_path / name}: "):
+            preprocess.preprocess(tmp_path / name)
+    with pytest.raises(preprocess.UnreadableImage, match="no such file"):
+        preprocess.preprocess(tmp_path / "missing.png")
+
+
+def test_formats_outside_the_list_are_not_decoded(tmp_path: Path):
+    # Pillow reads EPS through Ghostscript and many more formats; only the listed ones are decoded.
+    path = tmp_path / "seven.ppm"
+    draw().save(path, format="PPM")
+    with pytest.raises(preprocess.UnreadableImage, match="expected one of PNG, JPEG, BMP, GIF, TIFF, WEBP"):
+        preprocess.preprocess(path)
+
+
+def test_decompression_bombs_are_refused_before_decoding():
+    with pytest.raises(preprocess.ImageTooLarge, match="bomb.png: .*40,000,000"):
+        preprocess.preprocess(png_header_only(8000, 6000), name="bomb.png")  # 48 MP, a 100-byte file
+    with pytest.raises(preprocess.ImageTooLarge, match="bomb.png"):
+        preprocess.preprocess(png_header_only(100_000, 100_000), name="bomb.png")  # Pillow's own limit
+    with pytest.raises(preprocess.ImageTooLarge, match="expected at most 10,000"):
+        preprocess.preprocess(encode(draw(), "PNG"), max_pixels=10_000)
+    assert isinstance(preprocess.ImageTooLarge("x"), MnistlabError)
+
+
+# ---------------------------------------------------------------------------- output and CLI
+def test_save_seen_writes_the_input_exactly(tmp_path: Path):
+    x = preprocess.preprocess(encode(draw(), "PNG"))
+    preprocess.save_seen(x, tmp_path / "seen.png", scale=3)
+    back = np.asarray(Image.open(tmp_path / "seen.png"))
+    assert back.shape == (84, 84)
+    np.testing.assert_array_equal(back[::3, ::3], np.round(x[..., 0] * 255).astype(np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["seen.png"]  # no temp file left behind
+
+
+def test_cli_preprocess(tmp_path: Path, capsys: pytest.CaptureFixture):
+    draw().save(tmp_path / "seven.jpg", quality=85)
+    assert cli.main(["preprocess", str(tmp_path / "seven.jpg"), "--out", str(tmp_path / "seen.png")]) == 0
+    assert Image.open(tmp_path / "seen.png").size == (28, 28)
+    assert "wrote" in capsys.readouterr().out
+    assert cli.main(["preprocess", str(tmp_path / "seven.jpg")]) == 0
+    art = capsys.readouterr().out.splitlines()
+    assert len(art) == 28 and "@" in "".join(art)
+    (tmp_path / "blank.png").write_bytes(encode(Image.new("L", (50, 50), 255), "PNG"))
+    assert cli.main(["preprocess", str(tmp_path / "blank.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'blank.png'}: no digit found")
+
+
+# ---------------------------------------------------------------------------- real MNIST
+def test_an_enlarged_mnist_digit_comes_back_as_itself(real_mnist):
+    """MNIST is the recipe's own output, so enlarging a test digit and preprocessing it again must
+    give (nearly) the same 28 x 28 image."""
+    scores = []
+    for image in real_mnist.test.images[:200]:
+        big = Image.fromarray(image[..., 0], mode="F").resize((112, 112), Image.Resampling.BILINEAR)
+        scores.append(similar(preprocess.to_mnist(np.clip(np.asarray(big), 0, 1)), image))
+    assert np.median(scores) > 0.95 and np.mean(np.array(scores) > 0.8) > 0.9
+
+
+@pytest.mark.slow
+def test_trained_model_reads_digits_dressed_up_as_photos(real_mnist, tmp_path_factory, tmp_path):
+    """MNIST test digits scaled 3-9x, shifted on a larger sheet, dark ink on light paper, shadow,
+    noise, dust, colour cast; saved as JPEG (quality 75) and PNG; read back from disk."""
+    from mnistlab.predict import load_predictor
+
+    predictor = load_predictor(_models.trained_run(real_mnist, tmp_path_factory))
+    rng = np.random.default_rng(2024)
+    index = rng.choice(len(real_mnist.test), 300, replace=False)
+    labels = real_mnist.test.labels[index]
+    direct = (predictor.logits(real_mnist.test.images[index]).argmax(1) == labels).mean()
+    rates, refused = {}, {}
+    for fmt, params in (("JPEG", {"quality": 75}), ("PNG", {})):
+        inputs = []
+        for i in index:
+            path = tmp_path / f"{i}.{fmt.lower()}"
+            _models.render_digit(real_mnist.test.images[i], rng).save(path, format=fmt, **params)
+            try:
+                inputs.append(preprocess.preprocess(path))
+            except preprocess.NoDigitFound:  # counted as not recovered
+                inputs.append(np.zeros((28, 28, 1), np.float32))
+                refused[fmt] = refused.get(fmt, 0) + 1
+        digits = predictor.logits(np.stack(inputs)).argmax(1)
+        rates[fmt] = float(((digits == labels) & (np.stack(inputs).max((1, 2, 3)) > 0)).mean())
+    report = {"images": len(index), "accuracy_on_the_28x28_originals": float(direct), "recovered": rates,
+              "refused_as_no_digit": refused}
+    (_models.artifacts_dir(tmp_path_factory) / "preprocess-recovery.json").write_text(json.dumps(report, indent=2))
+    print(f"\npreprocess recovery: {report}")
+    for fmt, rate in rates.items():
+        assert rate >= 0.9 and rate >= direct - 0.03, (fmt, rate, direct)
