@@ -31,7 +31,7 @@ def _import_tensorflow_quietly() -> None:
 from typing import Callable, Sequence
 
 from mnistlab import __version__
-from mnistlab.config import add_arguments, from_args
+from mnistlab.config import add_arguments, from_args, from_json
 from mnistlab.data import DataConfig
 from mnistlab.errors import MnistlabError
 
@@ -40,6 +40,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
     return from_args(DataConfig, args)
+
+
+def _saved_data_config(saved: dict, args: argparse.Namespace) -> DataConfig:
+    """A run's own data settings, with any data flags the user gave on top."""
+    return from_args(DataConfig, args, base=from_json(DataConfig, saved["data"]))
 
 
 # ---------------------------------------------------------------------------- data
@@ -144,10 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume:  # bad options: clear errors before loading data
         train.resolve_recipe(model, config)
         models.check_options(model, arch.overrides())
-    data_config = _data_config(args)
-    if args.resume:
-        data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in train.load_run_config(args.out)["data"].items()})
+    data_config = _saved_data_config(train.load_run_config(args.out), args) if args.resume else _data_config(args)
     dataset = data.load(data_config)
     train.train(model, dataset, args.out, config, arch, data_config, resume=args.resume)
     print(f"run saved in {args.out}")
@@ -158,14 +160,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mnistlab import data, evaluate, models, train
 
     saved = train.load_run_config(args.run)
-    data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["data"].items()})
-    if args.data_dir or args.dataset:
-        data_config = from_args(DataConfig, args, base=data_config)
-    ds = data.load(data_config)
+    ds = data.load(_saved_data_config(saved, args))
     if args.untrained:
-        arch = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["arch"].items()}
         train.configure_tensorflow(saved["train"]["seed"])
-        model = models.build(saved["model"], **arch)
+        model = models.build(saved["model"], **from_json(train.ArchConfig, saved["arch"]).overrides())
     else:
         model = evaluate.load_model(args.run)
     result = evaluate.evaluate_split(model, ds.split(args.split))
@@ -197,6 +195,19 @@ def cmd_zoo(args: argparse.Namespace) -> int:
                        course=not args.own)
     print(zoo.results_markdown(rows))
     print(f"wrote {args.out}/results.md")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from mnistlab import data, ensemble, train
+
+    data_config = _saved_data_config(train.load_run_config(args.runs[0]), args)
+    result = ensemble.evaluate_ensemble(args.runs, data.load(data_config).split(args.split))
+    for run, accuracy in zip(args.runs, result.member_accuracies):
+        print(f"{accuracy:.2%}  {run}")
+    ev = result.evaluation
+    print(f"ensemble of {len(args.runs)} on {args.split}: accuracy {ev.accuracy:.2%} "
+          f"({ev.correct} / {len(ev.labels)})   loss {ev.loss:.4f}")
     return 0
 
 
@@ -364,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--own", action="store_true", help="use mnistlab's own settings instead of the course's (default: False)")
     _add_data_options(p)
     p.set_defaults(handler=cmd_zoo)
+
+    p = commands.add_parser("ensemble", help="average the class probabilities of several runs and evaluate")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by `mnistlab train`, e.g. runs/best-s0 runs/best-s1")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split (default: test)")
+    p.add_argument("--data-dir", default=None, help="override the first run's data folder (default: the run's)")
+    p.set_defaults(handler=cmd_ensemble)
 
     from mnistlab.report import PLOT_KINDS  # light: no TensorFlow import at module level
     p = commands.add_parser("plot", help="draw one picture of a run as PNG (in RUN/plots/)",

@@ -78,3 +78,9 @@ def from_args(cls: type[T], args: argparse.Namespace, base: T | None = None, **o
             values[f.name] = given
     values.update(overrides)
     return cls(**values)
+
+
+def from_json(cls: type[T], fields: dict[str, Any]) -> T:
+    """Rebuild dataclass ``cls`` from its saved JSON form: lists become tuples, unknown keys are dropped."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known})

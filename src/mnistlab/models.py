@@ -161,7 +161,7 @@ MODELS: dict[str, ModelSpec] = {
         convnet, dict(filters=(32, 64), kernel_size=5, fc_units=(1024,), dropout=0.5),
         course=Recipe("adam", 1e-4, 100, steps=30_000),  # S3: 30,000 steps of 100 -> ~99.2%
         default=Recipe("adam", 1e-3, 128, epochs=10, schedule="onecycle"),
-        course_accuracy=0.992, source="S3 (S2: lr 1e-3, batch 128)",
+        course_accuracy=0.992, source="S3",  # S2 trains the same net with Adam 1e-3, batch 128
         description="conv5x5x32-pool-conv5x5x64-pool-fc1024-dropout"),
     "cnn3": ModelSpec(
         convnet, dict(filters=(32, 64, 128), kernel_size=3, fc_units=(625,), conv_dropout=0.2, dropout=0.5),
@@ -176,6 +176,21 @@ MODELS: dict[str, ModelSpec] = {
                        label_smoothing=0.1),
         course_accuracy=None, source="mnistlab",
         description="default: 3x (conv3x3 BN relu pool) 32/64/128 -> 10, one-cycle AdamW"),
+    # Time-to-99% on a 2-core CPU (benchmarks/bench_fast.py): no batch norm (it doubled the step
+    # time here), 3x3 convs with a pool after each so most work runs at 14x14 and 7x7, 2 epochs.
+    "fast": ModelSpec(
+        convnet, dict(filters=(24, 48, 96), kernel_size=3, fc_units=()),
+        course=Recipe("adam", 3e-3, 128, epochs=2, schedule="onecycle", label_smoothing=0.1),
+        default=Recipe("adam", 3e-3, 128, epochs=2, schedule="onecycle", label_smoothing=0.1),
+        course_accuracy=None, source="mnistlab",
+        description="fast: conv3x3 24/48/96 each pooled -> 10, 2 epochs one-cycle Adam"),
+    # Best single-model accuracy: a wider net with dropout, trained longer on augmented images.
+    "best": ModelSpec(
+        convnet, dict(filters=(32, 64, 128), kernel_size=3, fc_units=(256,), dropout=0.25),
+        course=Recipe("adam", 2e-3, 128, epochs=30, schedule="onecycle", label_smoothing=0.1, augment=True),
+        default=Recipe("adam", 2e-3, 128, epochs=30, schedule="onecycle", label_smoothing=0.1, augment=True),
+        course_accuracy=None, source="mnistlab",
+        description="best: conv3x3 32/64/128 each pooled -> fc256 dropout, augmented, 30 epochs"),
 }
 
 

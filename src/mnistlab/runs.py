@@ -9,7 +9,6 @@ layers right after it, so S4's layer 1 gives 16 maps at 14 x 14.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mnistlab import plots
+from mnistlab.config import from_json
 from mnistlab.data import IMAGE_SIDE
 from mnistlab.errors import MnistlabError
 
@@ -70,8 +70,7 @@ class Run:
         fields = self.config.get("data")
         if not isinstance(fields, dict):
             raise MnistlabError(f"{self.folder / CONFIG_FILE}: no \"data\" object; expected the run's data settings")
-        known = {f.name for f in dataclasses.fields(DataConfig)}
-        return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known})
+        return from_json(DataConfig, fields)
 
     @cached_property
     def test(self):

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mnistlab import fileio, models
-from mnistlab.config import option
+from mnistlab.config import from_json, option
 from mnistlab.data import DataConfig, Dataset
 from mnistlab.errors import MnistlabError
 from mnistlab.models import Recipe
@@ -48,7 +48,7 @@ class TrainConfig:
     weight_decay: float | None = option(None, "decoupled weight decay (adamw)")
     label_smoothing: float | None = option(None, "label smoothing in [0, 1)")
     augment: bool | None = option(None, "random shifts/rotations/scaling/elastic distortion on the fly")
-    jit_compile: bool = option(False, "compile the step with XLA")
+    jit_compile: bool = option(False, "compile the step with XLA (slower on CPU; not bit-reproducible)")
     tensorboard: bool = option(True, "write TensorBoard logs (scalars, weight histograms, graph)")
     progress: bool = option(True, "show a progress bar per epoch (only on a terminal)")
     keep_checkpoints: int = option(2, "per-epoch checkpoints to keep (the best one is kept apart)")
@@ -161,8 +161,11 @@ def make_optimizer(recipe: Recipe, total_steps: int, steps_per_epoch: int):
     return keras.optimizers.Adadelta(lr, rho=0.9, epsilon=1e-6)  # pytorch/examples' Adadelta
 
 
-def configure_tensorflow(seed: int, threads: int | None = None) -> None:
-    """Seed every RNG, make ops deterministic, and size the thread pools for small machines."""
+def configure_tensorflow(seed: int, threads: int | None = None, deterministic: bool = True) -> None:
+    """Seed every RNG, make ops deterministic, and size the thread pools for small machines.
+
+    XLA has no deterministic max-pool gradient, so ``--jit-compile`` runs skip op determinism
+    (seeded, but not bit-reproducible)."""
     import keras
     import tensorflow as tf
 
@@ -173,7 +176,8 @@ def configure_tensorflow(seed: int, threads: int | None = None) -> None:
     except RuntimeError:
         pass
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
@@ -233,11 +237,11 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
         if saved["model"] != model_name:
             raise MnistlabError(f"--resume: {run_dir} holds a {saved['model']!r} run, not {model_name!r}")
         config = TrainConfig(**saved["train"])
-        arch = ArchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["arch"].items()})
+        arch = from_json(ArchConfig, saved["arch"])
     elif (run_dir / "config.json").exists():
         raise MnistlabError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new folder")
     recipe = resolve_recipe(model_name, config)
-    configure_tensorflow(config.seed)
+    configure_tensorflow(config.seed, deterministic=not config.jit_compile)
     model = models.build(model_name, **arch.overrides())
     full_arch = {**models.arch_options(model_name), **arch.overrides()}
 

@@ -1,0 +1,47 @@
+"""Ensembles: average the class probabilities of several trained runs and evaluate the average."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mnistlab.data import Split
+from mnistlab.errors import MnistlabError
+from mnistlab.evaluate import Evaluation, evaluate_logits, load_model, predict_logits
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The ensemble's evaluation and each member's accuracy, in the order the runs were given."""
+
+    evaluation: Evaluation
+    member_accuracies: tuple[float, ...]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(N, 10)`` logits, shifted by the row maximum so exp cannot overflow."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def average_probabilities(member_logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of the members' softmax probabilities: ``K`` arrays ``(N, 10)`` -> ``(N, 10)``."""
+    if not member_logits:
+        raise MnistlabError("ensemble: expected at least one run")
+    return np.mean([softmax(np.asarray(z, np.float64)) for z in member_logits], axis=0)
+
+
+def evaluate_ensemble(runs: Sequence[str | os.PathLike], split: Split) -> EnsembleResult:
+    """Load each run's ``model.keras``, average the probabilities on ``split``, evaluate.
+
+    The averaged probabilities go through ``evaluate_logits`` as log-probabilities, so the loss
+    is the ensemble's cross-entropy and its predictions are the argmax of the average.
+    """
+    member_logits = [predict_logits(load_model(run), split.images) for run in runs]
+    accuracies = tuple(evaluate_logits(z, split.labels).accuracy for z in member_logits)
+    mean = average_probabilities(member_logits)
+    log_mean = np.log(np.maximum(mean, np.finfo(np.float64).tiny)).astype(np.float32)
+    return EnsembleResult(evaluate_logits(log_mean, split.labels), accuracies)

@@ -1,0 +1,76 @@
+"""The ``fast`` and ``best`` recipes and ensembles: tiny runs, and one real-MNIST bar (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic import synthetic_dataset
+
+from mnistlab import cli, ensemble
+from mnistlab.errors import MnistlabError
+from mnistlab.evaluate import predict_logits
+from mnistlab.train import TrainConfig, load_run_config, train
+
+QUIET = {"progress": False, "tensorboard": False}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(n_train=200, n_val=50, n_test=100)
+
+
+@pytest.fixture(scope="module")
+def two_runs(data, tmp_path_factory):
+    """Two tiny `fast` runs with different seeds: their folders."""
+    root = tmp_path_factory.mktemp("runs")
+    return [train("fast", data, root / f"s{s}", TrainConfig(seed=s, epochs=1, batch_size=50, **QUIET),
+                  log=[].append).run_dir for s in (0, 1)]
+
+
+@pytest.mark.parametrize("name", ["fast", "best"])
+def test_recipe_builds_and_trains_a_few_steps(name, data, tmp_path):
+    result = train(name, data, tmp_path / name, TrainConfig(steps=3, batch_size=32, **QUIET), log=[].append)
+    assert result.metrics["steps"] == 3 and np.isfinite(result.history[-1]["train_loss"])
+    saved = load_run_config(tmp_path / name)["recipe"]
+    assert saved["augment"] is (name == "best") and saved["schedule"] == "onecycle"
+
+
+def test_average_probabilities_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(7, 10)) * 5 for _ in range(3)]
+    expected = np.mean([np.exp(z) / np.exp(z).sum(1, keepdims=True) for z in logits], axis=0)
+    np.testing.assert_allclose(ensemble.average_probabilities(logits), expected, rtol=1e-12)
+    assert ensemble.average_probabilities([np.array([[1000.0, 0.0]])])[0, 0] == pytest.approx(1.0)  # no overflow
+
+
+def test_ensemble_of_runs_is_the_mean_of_their_probabilities(two_runs, data):
+    from mnistlab.evaluate import load_model
+
+    result = ensemble.evaluate_ensemble(two_runs, data.test)
+    probs = [ensemble.softmax(predict_logits(load_model(r), data.test.images).astype(np.float64)) for r in two_runs]
+    mean = np.mean(probs, axis=0)
+    np.testing.assert_allclose(result.evaluation.probabilities, mean, atol=1e-5)
+    assert result.evaluation.accuracy == pytest.approx((mean.argmax(1) == data.test.labels).mean())
+    assert len(result.member_accuracies) == 2
+
+
+def test_ensemble_command_prints_members_and_the_average(two_runs, capsys, monkeypatch):
+    from mnistlab import data as data_module
+
+    monkeypatch.setattr(data_module, "load", lambda config: synthetic_dataset(n_train=200, n_val=50, n_test=100))
+    assert cli.main(["ensemble", *map(str, two_runs)]) == 0
+    out = capsys.readouterr().out
+    assert "ensemble of 2 on test: accuracy" in out and str(two_runs[0]) in out
+
+
+def test_ensemble_of_nothing_is_a_user_error():
+    with pytest.raises(MnistlabError):
+        ensemble.average_probabilities([])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_fast_recipe_clears_98_8_percent_on_real_mnist(real_mnist, tmp_path):
+    # Measured: 99.06-99.23% test over seeds 0-3 (benchmarks/bench_fast.py); 98.8% leaves room.
+    result = train("fast", real_mnist, tmp_path / "fast", TrainConfig(**QUIET), log=[].append)
+    assert result.metrics["test_accuracy"] >= 0.988
