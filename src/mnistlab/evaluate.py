@@ -56,10 +56,10 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = EVAL_BATCH)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits ``(N, C)``, stable for large values."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax of logits ``(N, C)`` as float32, shifted by the row maximum so it cannot overflow."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -92,15 +92,12 @@ def evaluate_split(model: Any, split: Split) -> Evaluation:
 
 def load_model(run_dir: str | os.PathLike) -> Any:
     """The ``model.keras`` of a run folder, loaded with Keras' ``safe_mode`` (no code from the file)."""
-    import keras
+    from mnistlab.predict import load_keras
 
     path = Path(run_dir) / "model.keras"
     if not path.is_file():
         raise MnistlabError(f"{run_dir}: no model.keras; expected a finished `mnistlab train --out` folder")
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except Exception as exc:  # corrupt zip, unknown layer, unsafe lambda: all mean "not a usable model"
-        raise MnistlabError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    return load_keras(path)
 
 
 def confusion_table(confusion: np.ndarray, class_names: tuple[str, ...]) -> str:

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from mnistlab.errors import MnistlabError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -50,3 +52,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, required: bool = False) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise MnistlabError(f"{path}: missing; expected a run folder written by `mnistlab train`")
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MnistlabError(f"{path}: not readable JSON ({exc}); expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise MnistlabError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value

@@ -15,7 +15,6 @@ or a folder holding ``model.tflite``. Models are data, never code from the file:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -26,7 +25,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from mnistlab import fileio
 from mnistlab.errors import MnistlabError
+from mnistlab.evaluate import softmax  # noqa: F401  (re-exported for serve)
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -76,13 +77,6 @@ class Predictor:
                 "test_accuracy": self.metrics.get("test_accuracy"), "test_loss": self.metrics.get("test_loss")}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, shifted by the row maximum so large logits cannot overflow."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------- loading
 def load_predictor(path: str | os.PathLike) -> Predictor:
     """Load ``path`` (see ``ACCEPTED``) into a Predictor; a clear error for anything else."""
@@ -126,19 +120,6 @@ def _check_shapes(path: Path, input_shape: tuple, output_shape: tuple) -> None:
                             f"expected (None, 28, 28, 1) -> (None, 10)")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; {} when the file is missing."""
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MnistlabError(f"{path}: not readable JSON ({exc}); expected a JSON object") from None
-    if not isinstance(value, dict):
-        raise MnistlabError(f"{path}: holds {type(value).__name__}; expected a JSON object")
-    return value
-
-
 def _metrics(metadata: dict[str, Any]) -> dict[str, Any]:
     return {k: metadata[k] for k in ("test_accuracy", "test_loss") if isinstance(metadata.get(k), (int, float))}
 
@@ -147,9 +128,9 @@ def _keras_predictor(path: Path, folder: Path) -> Predictor:
     import tensorflow as tf
 
     model = load_keras(path)
-    config = _read_json(folder / "config.json") if path.name == KERAS_FILE else {}
+    config = (fileio.read_json(folder / "config.json") or {}) if path.name == KERAS_FILE else {}
     name = str(config.get("model") or (folder.name if path.name == KERAS_FILE else path.stem))
-    metrics = _metrics(_read_json(folder / "metrics.json")) if path.name == KERAS_FILE else {}
+    metrics = _metrics((fileio.read_json(folder / "metrics.json") or {})) if path.name == KERAS_FILE else {}
     # One traced graph for every batch size: far cheaper per call than model.predict.
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                      input_signature=[tf.TensorSpec((None, *INPUT_SHAPE), tf.float32)])
@@ -186,7 +167,7 @@ def _saved_model_predictor(folder: Path) -> Predictor:
                             f"expected one input and one output")
     (in_key, spec), out_key = next(iter(inputs.items())), next(iter(outputs))
     _check_shapes(folder, tuple(spec.shape), tuple(outputs[out_key].shape))
-    metadata = _read_json(folder / SAVED_MODEL_METADATA)
+    metadata = (fileio.read_json(folder / SAVED_MODEL_METADATA) or {})
     parameters = metadata.get("parameters")
     if parameters is None and hasattr(loaded, "variables"):
         parameters = int(sum(np.prod(v.shape) for v in loaded.variables))
@@ -254,7 +235,7 @@ def _tflite_predictor(path: Path, folder: Path) -> Predictor:
             interpreter.invoke()
             return interpreter.get_tensor(out["index"]).copy()
 
-    metadata = _read_json(folder / METADATA_FILE) if path.name == TFLITE_FILE else {}
+    metadata = (fileio.read_json(folder / METADATA_FILE) or {}) if path.name == TFLITE_FILE else {}
     name = str(metadata.get("model") or (folder.name if path.name == TFLITE_FILE else path.stem))
     return Predictor(name, "tflite", path, metadata.get("parameters"), _metrics(metadata), call=call)
 

@@ -9,14 +9,13 @@ layers right after it, so S4's layer 1 gives 16 maps at 14 x 14.
 from __future__ import annotations
 
 import csv
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mnistlab import plots
+from mnistlab import fileio, plots
 from mnistlab.config import from_json
 from mnistlab.data import IMAGE_SIDE
 from mnistlab.errors import MnistlabError
@@ -26,20 +25,6 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 EVALUATION_FILE = "evaluation.json"
-
-
-def read_json(path: Path, required: bool = False) -> dict | None:
-    if not path.is_file():
-        if required:
-            raise MnistlabError(f"{path}: missing; expected a run folder written by `mnistlab train`")
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MnistlabError(f"{path}: cannot read JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise MnistlabError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
 
 
 class Run:
@@ -53,7 +38,7 @@ class Run:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise MnistlabError(f"{self.folder}: no such run folder; expected one written by `mnistlab train`")
-        self.config: dict = read_json(self.folder / CONFIG_FILE, required=True)  # type: ignore[assignment]
+        self.config: dict = fileio.read_json(self.folder / CONFIG_FILE, required=True)  # type: ignore[assignment]
         if test is not None:
             self.__dict__["test"] = test  # fills the cached_property
         if class_names is not None:
@@ -96,13 +81,13 @@ class Run:
 
     @cached_property
     def metrics(self) -> dict:
-        return read_json(self.folder / METRICS_FILE) or {}
+        return fileio.read_json(self.folder / METRICS_FILE) or {}
 
     @cached_property
     def evaluation(self) -> dict | None:
         """``evaluation.json`` if it is about the test split and newer than the model, else None."""
         path, model = self.folder / EVALUATION_FILE, self.folder / MODEL_FILE
-        value = read_json(path)
+        value = fileio.read_json(path)
         if not value or value.get("split") != "test":
             return None
         if model.is_file() and path.stat().st_mtime < model.stat().st_mtime:

@@ -414,6 +414,6 @@ def _write_summaries(writers: dict, row: dict[str, float], model: Any, step: int
 
 def load_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a run folder, or a clear error."""
-    from mnistlab.runs import CONFIG_FILE, read_json
+    from mnistlab.runs import CONFIG_FILE
 
-    return read_json(Path(run_dir) / CONFIG_FILE, required=True)
+    return fileio.read_json(Path(run_dir) / CONFIG_FILE, required=True)
