@@ -2,7 +2,7 @@
 
 Inference is timed in process on a trained run's ``model.keras`` (or, without ``--run``, an
 untrained model of the same architecture: same arithmetic, same speed), called the way
-``mnistlab.evaluate`` calls it: ``model(batch, training=False)``. Peak memory is the maximum
+``mnistlab.evaluate``/``predict``/``serve`` call it: one compiled graph (``predict.compile_inference``). Peak memory is the maximum
 resident set size (``ru_maxrss``) of a child process that loads MNIST and trains ``--train-model``
 for ``--train-epochs``, so this process' own memory does not count.
 
@@ -36,22 +36,24 @@ train.train(sys.argv[2], ds, sys.argv[3], train.TrainConfig(epochs=int(sys.argv[
 
 
 def inference(model, images: np.ndarray) -> dict[str, float]:
-    """Throughput at ``BATCH`` and single-image latency percentiles (milliseconds)."""
-    import tensorflow as tf
+    """Throughput at ``BATCH`` and single-image latency percentiles (milliseconds), through the
+    compiled call that ``mnistlab predict``/``serve``/``evaluate`` use (``predict.compile_inference``)."""
+    from mnistlab.predict import compile_inference
 
-    batch = tf.constant(images[:BATCH])
-    model(batch, training=False)  # warm-up: builds the graph
+    call = compile_inference(model)
+    batch = images[:BATCH]
+    call(batch)  # warm-up: traces the graph
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        model(batch, training=False).numpy()
+        call(batch)
         times.append(time.perf_counter() - t0)
-    one = [tf.constant(images[i:i + 1]) for i in range(SINGLE_CALLS)]
-    model(one[0], training=False)
+    one = [images[i:i + 1] for i in range(SINGLE_CALLS)]
+    call(one[0])
     latencies = []
     for x in one:
         t0 = time.perf_counter()
-        model(x, training=False).numpy()
+        call(x)
         latencies.append((time.perf_counter() - t0) * 1000)
     return {"images_per_s": BATCH / statistics.median(times), "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99))}

@@ -47,11 +47,11 @@ class Evaluation:
 
 
 def predict_logits(model: Any, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Logits ``(N, 10)`` of ``model`` in inference mode, in batches."""
-    import tensorflow as tf
+    """Logits ``(N, 10)`` of ``model`` in inference mode, in batches, through a compiled graph."""
+    from mnistlab.predict import compile_inference
 
-    outputs = [model(tf.constant(images[i:i + batch_size]), training=False).numpy()
-               for i in range(0, len(images), batch_size)]
+    call = compile_inference(model)
+    outputs = [call(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
 
