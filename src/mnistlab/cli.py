@@ -309,7 +309,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; every option's help states its default."""
-    parser = argparse.ArgumentParser(prog="mnistlab", description=__doc__.splitlines()[0].replace("The ``mnistlab`` command: ", "mnistlab: handwritten digits with TensorFlow 2 / Keras 3 — "),
+    parser = argparse.ArgumentParser(prog="mnistlab", description="Handwritten-digit recognition on MNIST-format data with TensorFlow 2 / Keras 3: "
+                                     "data, the course's models, training, evaluation, pictures, serving, export. "
+                                     "`mnistlab COMMAND --help` lists each command's options with defaults.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
