@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,11 +46,16 @@ class Evaluation:
                  "confidence": float(self.probabilities[i, self.predictions[i]])} for i in wrong]
 
 
-def predict_logits(model: Any, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Logits ``(N, 10)`` of ``model`` in inference mode, in batches, through a compiled graph."""
-    from mnistlab.predict import compile_inference
+def predict_logits(model: Any, images: np.ndarray, batch_size: int = EVAL_BATCH,
+                   call: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Logits ``(N, 10)`` of ``model`` in inference mode, in batches, through a compiled graph.
 
-    call = compile_inference(model)
+    Pass ``call`` (from ``predict.compile_inference(model)``) to reuse one traced graph across
+    calls, as training does for its per-epoch validation."""
+    if call is None:
+        from mnistlab.predict import compile_inference
+
+        call = compile_inference(model)
     outputs = [call(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
@@ -85,9 +90,9 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
         labels=labels, predictions=predictions, probabilities=probabilities, confusion=confusion)
 
 
-def evaluate_split(model: Any, split: Split) -> Evaluation:
-    """Evaluate ``model`` on one split."""
-    return evaluate_logits(predict_logits(model, split.images), split.labels)
+def evaluate_split(model: Any, split: Split, call: Callable[[np.ndarray], np.ndarray] | None = None) -> Evaluation:
+    """Evaluate ``model`` on one split (``call``: a compiled inference function to reuse)."""
+    return evaluate_logits(predict_logits(model, split.images, call=call), split.labels)
 
 
 def load_model(run_dir: str | os.PathLike) -> Any:

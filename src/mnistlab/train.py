@@ -230,6 +230,7 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
     import tensorflow as tf
 
     from mnistlab.evaluate import evaluate_split
+    from mnistlab.predict import compile_inference
 
     run_dir = Path(out)
     if resume:
@@ -280,6 +281,7 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
     seen = tf.Variable(0, dtype=tf.int64, trainable=False)
     finite = tf.Variable(True, trainable=False)
     params = model.trainable_variables
+    infer = compile_inference(model)  # one traced inference graph for every validation pass
 
     @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
     def train_chunk(x_all, y_all, order, start, n_steps, batch_size):
@@ -341,7 +343,7 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
                 bar.remove_task(task)
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
-                val = evaluate_split(model, data.validation) if len(data.validation) else None
+                val = evaluate_split(model, data.validation, infer) if len(data.validation) else None
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": float(loss_sum.numpy() / int(seen.numpy())),
@@ -377,7 +379,7 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
 
     with fileio.atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-    test = evaluate_split(model, data.test)
+    test = evaluate_split(model, data.test, infer)
     best = max(history, key=lambda r: r["val_accuracy"]) if history and len(data.validation) else None
     metrics = {
         "model": model_name,
