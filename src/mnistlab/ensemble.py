@@ -10,7 +10,7 @@ import numpy as np
 
 from mnistlab.data import Split
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluate import Evaluation, evaluate_logits, load_model, predict_logits
+from mnistlab.evaluate import Evaluation, evaluate_logits, load_model, predict_logits, softmax
 
 
 @dataclass(frozen=True)
@@ -19,12 +19,6 @@ class EnsembleResult:
 
     evaluation: Evaluation
     member_accuracies: tuple[float, ...]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(N, 10)`` logits, shifted by the row maximum so exp cannot overflow."""
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def average_probabilities(member_logits: Sequence[np.ndarray]) -> np.ndarray:

@@ -61,10 +61,13 @@ def predict_logits(model: Any, images: np.ndarray, batch_size: int = EVAL_BATCH,
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits ``(N, C)`` as float32, shifted by the row maximum so it cannot overflow."""
-    z = np.asarray(logits, dtype=np.float64)
+    """Row-wise softmax of logits ``(N, C)``, shifted by the row maximum so it cannot overflow.
+
+    Computed in float64; returned as float64 for float64 input, else float32."""
+    logits = np.asarray(logits)
+    z = logits.astype(np.float64)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.result_type(logits.dtype, np.float32))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
