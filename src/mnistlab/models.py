@@ -44,6 +44,18 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
         raise MnistlabError(f"--{flag} {value!r}: expected one of {', '.join(choices)}")
 
 
+def _dense_head(units: tuple[int, ...], activation: str, dropout: float, init: str) -> list[Any]:
+    """[Dense(u) -> activation -> dropout]* -> Dense(10) logits: the end of every model."""
+    from keras import layers
+
+    head: list[Any] = []
+    for width in units:
+        head.append(layers.Dense(width, activation=activation, kernel_initializer=_initializer(init)))
+        if dropout:
+            head.append(layers.Dropout(dropout))
+    return head + [layers.Dense(NUM_CLASSES, kernel_initializer=_initializer(init), name="logits")]
+
+
 def mlp(hidden: tuple[int, ...] = (256,), activation: str = "relu", input_dropout: float = 0.0,
         dropout: float = 0.0, init: str = "glorot_uniform") -> "keras.Model":
     """Flatten -> [Dense(hidden) -> activation -> dropout]* -> Dense(10). ``hidden=()`` is softmax regression."""
@@ -54,12 +66,7 @@ def mlp(hidden: tuple[int, ...] = (256,), activation: str = "relu", input_dropou
     stack: list[Any] = [keras.Input(INPUT_SHAPE), layers.Flatten()]
     if input_dropout:
         stack.append(layers.Dropout(input_dropout))
-    for units in hidden:
-        stack.append(layers.Dense(units, activation=activation, kernel_initializer=_initializer(init)))
-        if dropout:
-            stack.append(layers.Dropout(dropout))
-    stack.append(layers.Dense(NUM_CLASSES, kernel_initializer=_initializer(init), name="logits"))
-    return keras.Sequential(stack)
+    return keras.Sequential(stack + _dense_head(hidden, activation, dropout, init))
 
 
 def convnet(filters: tuple[int, ...] = (32, 64), kernel_size: int = 5, fc_units: tuple[int, ...] = (1024,),
@@ -91,12 +98,7 @@ def convnet(filters: tuple[int, ...] = (32, 64), kernel_size: int = 5, fc_units:
         if conv_dropout:
             stack.append(layers.Dropout(conv_dropout))
     stack.append(layers.Flatten())
-    for units in fc_units:
-        stack.append(layers.Dense(units, activation=activation, kernel_initializer=_initializer(init)))
-        if dropout:
-            stack.append(layers.Dropout(dropout))
-    stack.append(layers.Dense(NUM_CLASSES, kernel_initializer=_initializer(init), name="logits"))
-    return keras.Sequential(stack)
+    return keras.Sequential(stack + _dense_head(fc_units, activation, dropout, init))
 
 
 @dataclass(frozen=True)
