@@ -168,6 +168,26 @@ def test_architecture_options_cover_the_course_exercises():
     assert 0.9 < float(np.std(normal.layers[1].get_weights()[0])) < 1.1  # TF1's N(0, 1)
     with pytest.raises(MnistlabError, match="no option filters"):
         models.build("mlp", filters=(8,))
+
+
+def test_convs_stack_several_convolutions_per_stage():
+    def kinds(model):
+        return [l.__class__.__name__ for l in model.layers]
+
+    vgg = models.build("cnn-hvass", filters=(4, 8), convs=(1, 2), fc_units=(), act_after_pool=False)
+    assert kinds(vgg) == ["Conv2D", "MaxPooling2D", "Conv2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense"]
+    assert [l.filters for l in vgg.layers if hasattr(l, "filters")] == [4, 8, 8]
+    assert vgg.output_shape == (None, 10)
+    same = models.build("cnn-hvass", filters=(4, 8), convs=(2,), fc_units=())
+    assert [l.filters for l in same.layers if hasattr(l, "filters")] == [4, 4, 8, 8]  # one count: every stage
+    bn = models.build("cnn-hvass", filters=(4,), convs=(2,), fc_units=(), batchnorm=True)
+    assert kinds(bn)[:7] == ["Conv2D", "BatchNormalization", "Activation", "Conv2D", "BatchNormalization",
+                             "MaxPooling2D", "Activation"]  # S4's order: the last conv pools, then relu
+    stride = models.build("cnn-hvass", filters=(4,), convs=(2,), fc_units=(), pooling="stride")
+    assert [l.strides for l in stride.layers if hasattr(l, "strides") and hasattr(l, "filters")] == [(1, 1), (2, 2)]
+    for bad in ((1, 2, 3), (0,)):
+        with pytest.raises(MnistlabError, match="--convs"):
+            models.build("cnn-hvass", filters=(4, 8), convs=bad)
     with pytest.raises(MnistlabError, match="--activation 'swish'"):
         models.build("mlp", activation="swish")
 

@@ -60,6 +60,7 @@ class ArchConfig:
 
     hidden: tuple[int, ...] | None = option(None, "MLP hidden layer widths, e.g. 625,625 ('' = none)")
     filters: tuple[int, ...] | None = option(None, "conv filters per layer, e.g. 16,36 (more = extra conv layers)")
+    convs: tuple[int, ...] | None = option(None, "convolutions per stage (one filters entry), e.g. 2 or 1,2,2")
     kernel_size: int | None = option(None, "conv kernel size")
     fc_units: tuple[int, ...] | None = option(None, "CNN fully-connected widths, e.g. 128 or 1024,256")
     activation: str | None = option(None, "activation", choices=models.ACTIVATIONS)
