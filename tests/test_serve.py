@@ -235,6 +235,65 @@ def test_loopback_by_default():
     assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("192.168.1.2")
 
 
+def test_several_worker_processes_serve_one_port(tiny_predictor):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mnistlab.cli", "serve", str(tiny_predictor.source),
+                               "--port", str(port), "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 100
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.3)
+        children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
+                    (p / "stat").exists() and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(server.pid)]
+        pixels = np.random.default_rng(3).random((6, 784)).astype(np.float32)
+        expected = tiny_predictor.logits(pixels.reshape(-1, 28, 28, 1)).argmax(1).tolist()
+        answers = []
+        for row in pixels:  # a new connection each: the workers share the listening socket
+            answer = httpx.post(url + "/predict", json={"pixels": row.tolist()}, timeout=30).json()
+            answers.append(answer["digit"])
+        assert answers == expected
+        pids = {httpx.get(url + "/health", timeout=5).json()["pid"] for _ in range(20)}
+        assert pids <= set(children) and len(children) >= 2  # answered by workers, not the parent
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:  # gone
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(map(alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(alive, children)), "worker processes outlived the server"
+    assert "with 2 worker processes" in server.stderr.read()
+
+
+def test_workers_must_be_positive(tiny_predictor):
+    with pytest.raises(MnistlabError, match="--workers 0"):
+        serve.serve(str(tiny_predictor.source), serve.ServeConfig(workers=0))
+
+
 # ---------------------------------------------------------------------------- a trained model
 @pytest.mark.slow
 def test_trained_model_over_http(real_mnist, tmp_path_factory):
