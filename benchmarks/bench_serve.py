@@ -6,9 +6,14 @@ clients on loopback, each sending its next ``POST /predict`` as soon as the last
 DURATION seconds. Prints p50 / p90 / p99 / max latency, throughput, errors and the server's
 batching, and exits 1 when there were errors or p99 missed the target.
 
-    python benchmarks/bench_serve.py runs/cnn                 # 50 clients, canvas-sized PNGs
+    python benchmarks/bench_serve.py runs/cnn                 # 50 clients, PNGs as the page sends them
     python benchmarks/bench_serve.py --payload json           # 28 x 28 pixels, no decoding
-    python benchmarks/bench_serve.py --think-ms 100           # people drawing: a request per 100 ms each
+    python benchmarks/bench_serve.py --think-ms 100           # people drawing: ~a request per 100 ms each
+    python benchmarks/bench_serve.py --server-args "--workers 2"   # two server processes
+
+With ``--think-ms``, each client pauses a random time between requests (exponential with that
+mean, seeded): people do not send in lockstep, and a fixed pause would keep 50 clients firing
+together forever, measuring one synthetic burst instead of a crowd.
 
 Without RUN, an untrained model of the registry's ``cnn`` architecture is served (latency does
 not depend on the weights).
@@ -43,21 +48,41 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=50, help="concurrent clients")
     p.add_argument("--requests", type=int, default=5000, help="stop after this many measured answers")
     p.add_argument("--duration", type=float, default=30.0, help="stop after this many seconds of measuring")
-    p.add_argument("--payload", choices=("png", "json"), default="png",
-                   help="png: a 280 x 280 drawing as the page sends it; json: 784 pixels")
-    p.add_argument("--think-ms", type=float, default=0.0, help="pause between a client's requests, ms (0: closed loop)")
+    p.add_argument("--payload", choices=("png", "png-canvas", "json"), default="png",
+                   help="png: a drawing as the page sends it (56 x 56); png-canvas: the 280 x 280 canvas; "
+                        "json: 784 pixels")
+    p.add_argument("--think-ms", type=float, default=0.0,
+                   help="mean random pause between a client's requests, ms (0: closed loop)")
     p.add_argument("--target-p99-ms", type=float, default=50.0, help="p99 latency target, ms")
     p.add_argument("--server-args", default="", help="extra `mnistlab serve` options, e.g. '--batch-wait-ms 2'")
     p.add_argument("--json-out", default=None, help="also write the results as JSON to this file")
     return p.parse_args()
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # fields from state on
+
+
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU time of process ``pid`` (from /proc), or of this process."""
+    """User + system CPU time of process ``pid`` and its children (``--workers``), or of this process."""
     if pid is None:
         return time.process_time()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    pids = [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(int(p.name)) == pid]
+    total = 0
+    for each in pids:
+        try:
+            fields = _stat(each)
+        except OSError:  # exited meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(_stat(pid)[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def free_port() -> int:
@@ -82,16 +107,19 @@ def untrained_run(folder: Path) -> Path:
 
 
 def payload(kind: str) -> tuple[bytes, str]:
-    """A request body like the drawing page's: a 280 x 280 PNG of a hand-drawn 7, or its 784 pixels."""
+    """A request body: a 7 drawn on the page's 280 x 280 canvas, sent as the page sends it (``png``:
+    downscaled to 56 x 56), at full size (``png-canvas``), or as its 784 pixels (``json``)."""
     from PIL import Image, ImageDraw
 
     from mnistlab import preprocess
 
     image = Image.new("RGB", (280, 280), "white")
     ImageDraw.Draw(image).line([(80, 70), (200, 70), (120, 220)], fill="black", width=23, joint="curve")
+    if kind == "png":
+        image = image.resize((56, 56), Image.Resampling.BOX)  # static/app.js: SEND_SIDE
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    if kind == "png":
+    if kind.startswith("png"):
         return buf.getvalue(), "image/png"
     pixels = preprocess.preprocess(buf.getvalue()).reshape(-1).round(4).tolist()
     return json.dumps({"pixels": pixels}).encode(), "application/json"
@@ -161,9 +189,10 @@ async def load(url: str, args: argparse.Namespace, body: bytes, kind: str, serve
     answered = 0
     state: dict = {"start": None, "stop": False}
 
-    async def one_client() -> None:
+    async def one_client(number: int) -> None:
         nonlocal answered
         connection = Connection(host, int(port))
+        pauses = np.random.default_rng([0, number])
         try:
             while not state["stop"]:
                 t0 = time.perf_counter()
@@ -187,17 +216,18 @@ async def load(url: str, args: argparse.Namespace, body: bytes, kind: str, serve
                     if len(latencies) >= args.requests or t1 - state["start"] >= args.duration:
                         state["stop"] = True
                 if args.think_ms:
-                    await asyncio.sleep(args.think_ms / 1000)
+                    await asyncio.sleep(pauses.exponential(args.think_ms) / 1000)
         finally:
             await connection.close()
 
-    await asyncio.gather(*(one_client() for _ in range(args.clients)))
+    await asyncio.gather(*(one_client(i) for i in range(args.clients)))
     elapsed = time.perf_counter() - state["start"]
     client_cpu, server_cpu = cpu_seconds() - state["cpu"][0], cpu_seconds(server_pid) - state["cpu"][1]
     health = httpx.get(url + "/health").json()
     ms = np.array(latencies) * 1000
     return {
         "clients": args.clients, "payload": args.payload, "think_ms": args.think_ms,
+        "server_args": args.server_args,
         "measured_requests": len(latencies), "seconds": round(elapsed, 2),
         "throughput_rps": round(len(latencies) / elapsed, 1),
         "latency_ms": {q: round(float(np.percentile(ms, p)), 1) for q, p in
@@ -235,7 +265,8 @@ def main() -> int:
                 server.kill()
     lat = result["latency_ms"]
     m = result["machine"]
-    print(f"{result['clients']} clients, {args.payload} payload, think {args.think_ms:g} ms, "
+    print(f"{result['clients']} clients, {args.payload} payload, think {args.think_ms:g} ms (mean), "
+          f"server args {args.server_args or '(none)'}, "
           f"{result['measured_requests']} requests in {result['seconds']} s")
     print(f"machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average']} before; "
           f"TensorFlow {m['tensorflow']}, Python {m['python']}, {m['date']}")

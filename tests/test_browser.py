@@ -7,13 +7,15 @@ Skipped when Chromium or Playwright is missing, except under CI=true, where that
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import _models
-from mnistlab import serve
+from mnistlab import preprocess, serve
 from mnistlab.predict import load_predictor
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,8 +64,16 @@ def stroke(page, box: dict, points: list[tuple[int, int]]) -> None:
     page.mouse.up()
 
 
-def test_drawing_on_the_page_shows_the_right_digit(browser, real_mnist, tmp_path_factory):
+def test_drawing_on_the_page_shows_the_right_digit(browser, real_mnist, tmp_path_factory, monkeypatch):
     predictor = load_predictor(_models.trained_run(real_mnist, tmp_path_factory))
+    sent_sizes: set[tuple[int, int]] = set()
+    original = preprocess.preprocess
+
+    def recording(picture, *args, **kwargs):  # the server runs in this process: see what the page sends
+        sent_sizes.add(Image.open(io.BytesIO(picture)).size)
+        return original(picture, *args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "preprocess", recording)
     artifacts = _models.artifacts_dir(tmp_path_factory)
     with _models.RunningServer(serve.create_app(predictor)) as running:
         page = browser.new_page(viewport={"width": 900, "height": 700})
@@ -96,6 +106,7 @@ def test_drawing_on_the_page_shows_the_right_digit(browser, real_mnist, tmp_path
         assert page.evaluate("document.body.dataset.state") == "idle"
         page.close()
     assert requested and all(url.startswith(running.url + "/") for url in requested), requested
+    assert sent_sizes == {(56, 56)}  # the page sends its drawing downscaled, as bench_serve.py's "png" payload
     assert not console_errors, console_errors
 
 

@@ -192,6 +192,25 @@ def test_convs_stack_several_convolutions_per_stage():
         models.build("mlp", activation="swish")
 
 
+def test_clean_epochs_train_the_last_epochs_without_augmentation(data, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from mnistlab import augment
+
+    augmented = tf.Variable(0, dtype=tf.int64)
+
+    def counting(x):  # counts the images it is given, at run time, inside the compiled step
+        augmented.assign_add(tf.shape(x, out_type=tf.int64)[0])
+        return x
+
+    monkeypatch.setattr(augment, "augment_batch", counting)
+    config = TrainConfig(epochs=3, batch_size=40, augment=True, clean_epochs=1, progress=False, tensorboard=False)
+    train("softmax", data, tmp_path / "clean", config, log=[].append)
+    assert int(augmented.numpy()) == 2 * len(data.train)  # epochs 1-2 augmented, epoch 3 as they are
+    with pytest.raises(MnistlabError, match="--clean-epochs -1"):
+        train("softmax", data, tmp_path / "bad", TrainConfig(clean_epochs=-1), log=[].append)
+
+
 def test_learning_rate_schedules_are_pure_functions_of_the_step():
     def lr(schedule: str, step: int) -> float:
         recipe = models.Recipe("sgd", 1.0, 10, epochs=10, schedule=schedule, gamma=0.5)

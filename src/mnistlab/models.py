@@ -125,6 +125,7 @@ class Recipe:
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay
     label_smoothing: float = 0.0
     augment: bool = False  # random shifts/rotations/scaling/elastic, on the fly (augment.py)
+    clean_epochs: int = 0  # with augment: the last epochs see the images as they are, like the test set
 
 
 @dataclass(frozen=True)
@@ -197,14 +198,17 @@ MODELS: dict[str, ModelSpec] = {
         course_accuracy=None, source="mnistlab",
         description="fast: conv3x3 16/32/64 each pooled -> 10, 1 epoch one-cycle Adam"),
     # Best single-model accuracy: VGG-style stages (one conv at 28x28, two at 14x14 and 7x7) with
-    # batch norm, a dropout fc layer, trained on augmented images (augment.py).
+    # batch norm, a dropout fc layer, trained on augmented images (augment.py), the last two
+    # epochs on the images as they are. About 50 s per epoch on 2 cores: 28 epochs fit in 25 min.
     "best": ModelSpec(
         convnet, dict(filters=(32, 64, 128), convs=(1, 2, 2), kernel_size=3, fc_units=(256,), dropout=0.4,
                       batchnorm=True),
-        course=Recipe("adam", 3e-3, 128, epochs=20, schedule="onecycle", label_smoothing=0.1, augment=True),
-        default=Recipe("adam", 3e-3, 128, epochs=20, schedule="onecycle", label_smoothing=0.1, augment=True),
+        course=Recipe("adam", 3e-3, 128, epochs=28, schedule="onecycle", label_smoothing=0.1, augment=True,
+                      clean_epochs=2),
+        default=Recipe("adam", 3e-3, 128, epochs=28, schedule="onecycle", label_smoothing=0.1, augment=True,
+                       clean_epochs=2),
         course_accuracy=None, source="mnistlab",
-        description="best: conv3x3 32 | 64x2 | 128x2, BN, pooled -> fc256 dropout, augmented, 20 epochs"),
+        description="best: conv3x3 32 | 64x2 | 128x2, BN, pooled -> fc256 dropout, augmented, 28 epochs"),
 }
 
 

@@ -48,6 +48,7 @@ class TrainConfig:
     weight_decay: float | None = option(None, "decoupled weight decay (adamw)")
     label_smoothing: float | None = option(None, "label smoothing in [0, 1)")
     augment: bool | None = option(None, "random shifts/rotations/scaling/elastic distortion on the fly")
+    clean_epochs: int | None = option(None, "with --augment: train the last N epochs on unaugmented images")
     jit_compile: bool = option(False, "compile the step with XLA (slower on CPU; not bit-reproducible)")
     tensorboard: bool = option(True, "write TensorBoard logs (scalars, weight histograms, graph)")
     progress: bool = option(True, "show a progress bar per epoch (only on a terminal)")
@@ -104,6 +105,7 @@ def resolve_recipe(model: str, config: TrainConfig) -> Recipe:
         (recipe.steps >= 0 and recipe.epochs >= 0, "--epochs/--steps: expected non-negative values"),
         (0 <= recipe.label_smoothing < 1, f"--label-smoothing {recipe.label_smoothing}: expected 0 <= value < 1"),
         (recipe.weight_decay >= 0, f"--weight-decay {recipe.weight_decay}: expected >= 0"),
+        (recipe.clean_epochs >= 0, f"--clean-epochs {recipe.clean_epochs}: expected >= 0"),
         (recipe.optimizer in OPTIMIZERS, f"--optimizer {recipe.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
         (recipe.schedule in SCHEDULES, f"--schedule {recipe.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
     ]
@@ -285,13 +287,13 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
     infer = compile_inference(model)  # one traced inference graph for every validation pass
 
     @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
-    def train_chunk(x_all, y_all, order, start, n_steps, batch_size):
+    def train_chunk(x_all, y_all, order, start, n_steps, batch_size, augmenting):
         for i in tf.range(n_steps):
             begin = start + i * batch_size
             idx = order[begin:begin + batch_size]
             x = tf.gather(x_all, idx)
             y = tf.gather(y_all, idx)
-            if augment is not None:
+            if augmenting:  # a Python bool: one graph with augmentation, one without
                 x = augment(x)
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
@@ -321,6 +323,7 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
                 for v in (loss_sum, correct, seen):
                     v.assign(tf.zeros_like(v))
                 order = tf.constant(np.random.default_rng([config.seed, epoch]).permutation(n_train).astype(np.int32))
+                augmenting = augment is not None and epoch < epochs - recipe.clean_epochs
                 epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
                 task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=epoch_steps, loss=float("nan"))
                 done = 0
@@ -329,7 +332,7 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
                     size = recipe.batch_size if full > 0 else n_train - done * recipe.batch_size
                     count = max(full, 1)
                     chunk_args = (x_train, y_train, order, tf.constant(done * recipe.batch_size),
-                                  tf.constant(count), tf.constant(size))
+                                  tf.constant(count), tf.constant(size), augmenting)
                     train_chunk(*chunk_args)
                     if writers is not None and epoch == first_epoch and done == 0:  # the model graph, once
                         with writers["train"].as_default():
