@@ -8,6 +8,10 @@ passing it as the validation split. The baselines stop there; ``fast`` runs its 
 
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets            # everything
     python benchmarks/bench_fast.py --seeds 0 --skip-baselines                   # fast only
+    python benchmarks/bench_fast.py --ablations --skip-baselines --seeds 0       # what each choice buys
+
+``--ablations`` also trains ``fast`` with one design choice changed at a time (seed 0), so each
+choice's effect on seconds and accuracy is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -62,12 +66,30 @@ def register_baselines() -> None:
                                                          "pytorch/examples")
 
 
+# One change to `fast` at a time: (label, architecture overrides, recipe overrides).
+ABLATIONS = (
+    ("peak learning rate 3e-3 instead of 0.03", {}, {"learning_rate": 3e-3}),
+    ("peak learning rate 0.01", {}, {"learning_rate": 1e-2}),
+    ("constant learning rate 1e-3, no one-cycle", {}, {"schedule": "constant", "learning_rate": 1e-3}),
+    ("no label smoothing", {}, {"label_smoothing": 0.0}),
+    ("batch 256", {}, {"batch_size": 256}),
+    ("batch 64", {}, {"batch_size": 64}),
+    ("filters 24/48/96", {"filters": (24, 48, 96)}, {}),
+    ("filters 12/24/48", {"filters": (12, 24, 48)}, {}),
+    ("batch norm after each conv", {"batchnorm": True}, {}),
+    ("stride-2 convs instead of pooling", {"pooling": "stride"}, {}),
+    ("2 epochs", {}, {"epochs": 2}),
+)
+
+
 class ReachedTarget(Exception):
     """Raised from the per-epoch log hook to stop a baseline once it reaches the target."""
 
 
-def time_to_target(name: str, ds, seed: int, out: Path, stop_at_target: bool, max_epochs: int | None) -> dict:
-    """Train ``name``; return per-epoch seconds and test accuracy, and the time to ``TARGET``."""
+def time_to_target(name: str, ds, seed: int, out: Path, stop_at_target: bool, max_epochs: int | None,
+                   arch: dict | None = None, recipe: dict | None = None, label: str | None = None) -> dict:
+    """Train ``name`` (with ``arch`` / ``recipe`` overrides); return per-epoch seconds and test
+    accuracy, and the time to ``TARGET``."""
     from mnistlab import train
 
     def hook(line: str) -> None:
@@ -76,9 +98,10 @@ def time_to_target(name: str, ds, seed: int, out: Path, stop_at_target: bool, ma
             if rows and rows[-1]["val_accuracy"] >= TARGET:
                 raise ReachedTarget
 
-    config = train.TrainConfig(seed=seed, epochs=max_epochs, tensorboard=False, progress=False)
+    recipe = {"epochs": max_epochs, **(recipe or {})}
+    config = train.TrainConfig(seed=seed, tensorboard=False, progress=False, **recipe)
     try:
-        train.train(name, ds, out, config, log=hook)
+        train.train(name, ds, out, config, train.ArchConfig(**(arch or {})), log=hook)
     except ReachedTarget:
         pass
     rows = train.read_history(out / "history.csv")
@@ -87,7 +110,7 @@ def time_to_target(name: str, ds, seed: int, out: Path, stop_at_target: bool, ma
         elapsed += row["seconds"]
         if reached is None and row["val_accuracy"] >= TARGET:
             reached = {"epoch": row["epoch"], "seconds": round(elapsed, 2)}
-    return {"model": name, "seed": seed, "epoch_seconds": [round(r["seconds"], 2) for r in rows],
+    return {"model": label or name, "seed": seed, "epoch_seconds": [round(r["seconds"], 2) for r in rows],
             "test_accuracy": [round(r["val_accuracy"], 4) for r in rows], "reached": reached}
 
 
@@ -99,6 +122,8 @@ def main() -> None:
     parser.add_argument("--skip-baselines", action="store_true", help="time only `fast`")
     parser.add_argument("--baseline-max-epochs", type=int, default=None,
                         help="cap each baseline at this many epochs (default: its recipe's length)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also train `fast` with one design choice changed at a time (first seed)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -110,6 +135,12 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             runs.append(time_to_target("fast", ds, seed, Path(tmp) / f"fast-{seed}", False, None))
             print(json.dumps(runs[-1]), flush=True)
+        if args.ablations:
+            seed = int(args.seeds.split(",")[0])
+            for i, (label, arch, recipe) in enumerate(ABLATIONS):
+                runs.append(time_to_target("fast", ds, seed, Path(tmp) / f"ablation-{i}", False, None,
+                                           arch, recipe, f"fast, {label}"))
+                print(json.dumps(runs[-1]), flush=True)
         if not args.skip_baselines:
             register_baselines()
             for name in ("keras-io", "pytorch-examples"):

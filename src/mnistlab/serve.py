@@ -11,9 +11,10 @@ Every refusal is a 4xx with ``{"error": "..."}``: 413 for a body over ``max_body
 picture over ``max_pixels`` (decompression bombs), 415 for other content types, 400 for
 unreadable pictures and malformed JSON, 422 for a picture with no digit in it.
 
-Concurrent requests are batched: each request's picture is decoded and preprocessed in a worker
-thread, then queued; one model thread takes everything queued (up to ``max_batch``, after waiting
-``batch_wait_ms`` for company) and runs it as one batch. While it runs, the next batch gathers.
+Concurrent requests are batched: each request's picture is decoded and preprocessed on one of
+``PREPROCESS_THREADS`` threads, then queued; one model thread takes everything queued (up to
+``max_batch``, after waiting ``batch_wait_ms`` for company) and runs it as one batch. While it
+runs, the next batch gathers.
 HTTP is parsed by httptools on uvloop and JSON by orjson: the Python left per request is small.
 ``workers=N`` runs N such processes on one listening socket (uvicorn's process manager), so
 decoding pictures and speaking HTTP use every core instead of one interpreter's.
@@ -46,6 +47,7 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/x-ms-
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
 PIXELS = preprocess.SIDE * preprocess.SIDE
+PREPROCESS_THREADS = 2  # per server process
 SERVE_ENV = "MNISTLAB_SERVE"  # run + config for worker processes (``--workers``)
 DRAIN_FACTOR = 4  # read (and drop) up to 4x the body limit, so the client can read the 413
 PAGE_HEADERS = {  # the page may load only its own files and talk only to this server
@@ -245,6 +247,11 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Any
         batcher.start()
         yield
         await batcher.stop()
+        pictures.shutdown(wait=True)
+
+    # Pictures are decoded and normalised on a few threads of their own: mostly Python, so more
+    # threads (Starlette's pool has 40) only fight over the GIL and stretch every request.
+    pictures = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="mnistlab-picture")
 
     app = FastAPI(title="mnistlab", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs pull from a CDN
     app.state.batcher = batcher
@@ -288,7 +295,8 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Any
             if not picture:
                 raise ApiError(400, "empty picture; expected the bytes of a PNG, JPEG, GIF, BMP, WebP or TIFF file")
             try:
-                image = await run_in_threadpool(preprocess.preprocess, picture, "picture", config.max_pixels)
+                image = await asyncio.get_running_loop().run_in_executor(
+                    pictures, preprocess.preprocess, picture, "picture", config.max_pixels)
             except preprocess.NoDigitFound as exc:
                 raise ApiError(422, str(exc)) from None
             except preprocess.ImageTooLarge as exc:
