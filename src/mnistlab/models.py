@@ -188,9 +188,9 @@ MODELS: dict[str, ModelSpec] = {
                        label_smoothing=0.1),
         course_accuracy=None, source="mnistlab",
         description="default: 3x (conv3x3 BN relu pool) 32/64/128 -> 10, one-cycle AdamW"),
-    # Time-to-99% on a 2-core CPU (benchmarks/bench_fast.py): no batch norm (it adds a third to the
-    # step time here), narrow 3x3 convs with a pool after each so most work runs at 14x14 and 7x7,
-    # one epoch of one-cycle Adam at a high peak rate (0.03: 99.07-99.23% test over seeds 0-5).
+    # Time-to-99% on a 2-core CPU (benchmarks/bench_fast.py, --ablations for each choice): no batch
+    # norm (it doubled the epoch here), narrow 3x3 convs with a pool after each so most work runs at
+    # 14x14 and 7x7, one epoch of one-cycle Adam at a high peak rate (99.07-99.23% test, seeds 0-2).
     "fast": ModelSpec(
         convnet, dict(filters=(16, 32, 64), kernel_size=3, fc_units=()),
         course=Recipe("adam", 3e-2, 128, epochs=1, schedule="onecycle", label_smoothing=0.1),
