@@ -239,6 +239,9 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Any
 
     batcher = MicroBatcher(predictor.logits, config.max_batch, config.batch_wait_ms / 1000)
     page = resources.files("mnistlab").joinpath("static/index.html").read_text(encoding="utf-8")
+    # Pictures are decoded and normalised on a few threads of their own: mostly Python, so more
+    # threads (Starlette's pool has 40) only fight over the GIL and stretch every request.
+    pictures = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="mnistlab-picture")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -248,10 +251,6 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Any
         yield
         await batcher.stop()
         pictures.shutdown(wait=True)
-
-    # Pictures are decoded and normalised on a few threads of their own: mostly Python, so more
-    # threads (Starlette's pool has 40) only fight over the GIL and stretch every request.
-    pictures = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="mnistlab-picture")
 
     app = FastAPI(title="mnistlab", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs pull from a CDN
     app.state.batcher = batcher
