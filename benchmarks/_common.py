@@ -9,17 +9,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mnistlab import runtime  # noqa: E402  (sets TensorFlow's start-up variables, as the CLI does)
+
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and which of ``SIMD_FLAGS`` it reports (Linux /proc/cpuinfo)."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return platform.processor() or platform.machine(), []
+    lines = info.read_text().splitlines()
+    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), platform.processor())
+    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
+    return model, [f for f in SIMD_FLAGS if f in flags]
 
 
 def machine() -> dict[str, Any]:
-    """Date, CPU model, usable cores and load average: the context every number needs."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    """Date, CPU model and SIMD flags, oneDNN, usable cores and load average: the context every number needs."""
     import tensorflow as tf
 
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": len(os.sched_getaffinity(0)),
-            "load_average": [round(x, 2) for x in os.getloadavg()], "tensorflow": tf.__version__}
+    cpu, flags = cpu_model_and_flags()
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "simd": flags, "onednn": runtime.onednn_setting(),
+            "cores": runtime.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "tensorflow": tf.__version__}
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line to print beside every figure."""
+    return (f"{info['date']}  {info['cpu']} ({' '.join(info['simd']) or 'no AVX2'})  oneDNN {info['onednn']}  "
+            f"{info['cores']} cores  load {info['load_average']}  TF {info['tensorflow']}")
 
 
 def load_mnist(data_dir: str | None):

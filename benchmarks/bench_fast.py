@@ -90,27 +90,30 @@ def time_to_target(name: str, ds, seed: int, out: Path, stop_at_target: bool, ma
                    arch: dict | None = None, recipe: dict | None = None, label: str | None = None) -> dict:
     """Train ``name`` (with ``arch`` / ``recipe`` overrides); return per-epoch seconds and test
     accuracy, and the time to ``TARGET``."""
-    from mnistlab import train
+    from mnistlab import runs, train
+
+    folder = runs.RunFolder(out)
 
     def hook(line: str) -> None:
         if stop_at_target and line.startswith("Train Epoch:"):
-            rows = train.read_history(out / "history.csv")
+            rows = folder.read_history()
             if rows and rows[-1]["val_accuracy"] >= TARGET:
                 raise ReachedTarget
 
-    recipe = {"epochs": max_epochs, **(recipe or {})}
-    config = train.TrainConfig(seed=seed, tensorboard=False, progress=False, **recipe)
+    recipe = {**({"epochs": max_epochs} if max_epochs else {}), **(recipe or {})}
+    config = train.TrainConfig(seed=seed, tensorboard=False, progress=False)
     try:
-        train.train(name, ds, out, config, train.ArchConfig(**(arch or {})), log=hook)
+        train.train(name, ds, out, config, recipe, arch, log=hook)
     except ReachedTarget:
         pass
-    rows = train.read_history(out / "history.csv")
+    rows = folder.read_history()
+    seconds = folder.read_timing()["epoch_seconds"]
     elapsed, reached = 0.0, None
-    for row in rows:
-        elapsed += row["seconds"]
+    for row, s in zip(rows, seconds):
+        elapsed += s
         if reached is None and row["val_accuracy"] >= TARGET:
             reached = {"epoch": row["epoch"], "seconds": round(elapsed, 2)}
-    return {"model": label or name, "seed": seed, "epoch_seconds": [round(r["seconds"], 2) for r in rows],
+    return {"model": label or name, "seed": seed, "epoch_seconds": [round(s, 2) for s in seconds],
             "test_accuracy": [round(r["val_accuracy"], 4) for r in rows], "reached": reached}
 
 

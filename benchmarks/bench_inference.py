@@ -30,15 +30,15 @@ MEMORY_CHILD = """
 import sys
 from mnistlab import data, train
 ds = data.load(data.DataConfig(data_dir=sys.argv[1] or None))
-train.train(sys.argv[2], ds, sys.argv[3], train.TrainConfig(epochs=int(sys.argv[4]), progress=False, tensorboard=False),
-            log=lambda s: None)
+train.train(sys.argv[2], ds, sys.argv[3], train.TrainConfig(progress=False, tensorboard=False),
+            {"epochs": int(sys.argv[4])}, log=lambda s: None)
 """
 
 
 def inference(model, images: np.ndarray) -> dict[str, float]:
     """Throughput at ``BATCH`` and single-image latency percentiles (milliseconds), through the
     compiled call that ``mnistlab predict``/``serve``/``evaluate`` use (``predict.compile_inference``)."""
-    from mnistlab.predict import compile_inference
+    from mnistlab.inference import compile_inference
 
     call = compile_inference(model)
     batch = images[:BATCH]
@@ -81,8 +81,8 @@ def main() -> None:
     from _common import load_mnist
 
     from mnistlab import models
-    from mnistlab.evaluate import load_model
-    from mnistlab.train import configure_tensorflow
+    from mnistlab.runs import load_model
+    from mnistlab.runtime import configure_tensorflow
 
     configure_tensorflow(0)
     images = load_mnist(args.data_dir).test.images

@@ -68,10 +68,9 @@ def main() -> None:
     import tensorflow as tf
 
     from mnistlab import models
-    from mnistlab.train import configure_tensorflow
+    from mnistlab.runtime import configure_tensorflow
 
-    configure_tensorflow(0)  # thread pools sized to the cores, as training does
-    __import__("tensorflow.python.framework.config", fromlist=["config"]).disable_op_determinism()
+    configure_tensorflow(0, deterministic=False)  # thread pools sized to the cores, as training does
     names = list(models.MODELS) if args.models == "all" else args.models.split(",")
     x = tf.random.uniform((args.images, 28, 28, 1))
     y = tf.random.uniform((args.images,), 0, 10, tf.int32)

@@ -16,7 +16,7 @@ from PIL import Image
 
 import _models
 from mnistlab import preprocess, serve
-from mnistlab.predict import load_predictor
+from mnistlab.runs import load_predictor
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

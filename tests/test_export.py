@@ -11,7 +11,8 @@ import pytest
 
 import _models
 from _models import SEVEN, draw
-from mnistlab import cli, export, predict
+from mnistlab import cli, export
+from mnistlab.runs import load_predictor
 from mnistlab.errors import MnistlabError
 
 
@@ -38,7 +39,7 @@ def test_export_writes_both_formats_with_metadata(tiny_run: Path, tmp_path: Path
     metadata = json.loads((lite / "mnistlab.json").read_text())
     assert metadata["model"] == "tiny" and metadata["parameters"] == 7850 and metadata["format"] == "tflite"
     for folder in (saved, lite, lite / "model.tflite"):
-        assert predict.load_predictor(folder).info() == {"name": "tiny", "format": "savedmodel" if folder == saved
+        assert load_predictor(folder).info() == {"name": "tiny", "format": "savedmodel" if folder == saved
                                                          else "tflite", "parameters": 7850,
                                                          "test_accuracy": 0.1, "test_loss": 2.3}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
@@ -96,16 +97,16 @@ def test_saved_model_loads_like_tensorflow_serving(trained, real_mnist):
         assert [d.size for d in spec.tensor_shape.dim] == [-1, 28, 28, 1]
         assert [d.size for d in out.tensor_shape.dim] == [-1, 10]
         logits = session.run(out.name, {spec.name: images})
-    expected = predict.load_predictor(trained["run"]).logits(images)
+    expected = load_predictor(trained["run"]).logits(images)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
 def test_exports_give_the_same_digits_on_the_test_set(trained, real_mnist, tmp_path_factory):
-    original = predict.load_predictor(trained["run"])
+    original = load_predictor(trained["run"])
     found = {}
     for fmt in ("savedmodel", "tflite"):
-        exported = predict.load_predictor(trained[fmt])
+        exported = load_predictor(trained[fmt])
         assert exported.info() == {**original.info(), "format": fmt}
         found[fmt] = export.check_export(original, exported, real_mnist.test.images)
     (_models.artifacts_dir(tmp_path_factory) / "export-agreement.json").write_text(json.dumps(found, indent=2))

@@ -8,8 +8,9 @@ from synthetic import synthetic_dataset
 
 from mnistlab import cli, ensemble
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluate import predict_logits
-from mnistlab.train import TrainConfig, load_run_config, train
+from mnistlab.inference import predict_logits, softmax
+from mnistlab.runs import RunFolder, load_model
+from mnistlab.train import TrainConfig, train
 
 QUIET = {"progress": False, "tensorboard": False}
 
@@ -23,15 +24,16 @@ def data():
 def two_runs(data, tmp_path_factory):
     """Two tiny `fast` runs with different seeds: their folders."""
     root = tmp_path_factory.mktemp("runs")
-    return [train("fast", data, root / f"s{s}", TrainConfig(seed=s, epochs=1, batch_size=50, **QUIET),
-                  log=[].append).run_dir for s in (0, 1)]
+    return [train("fast", data, root / f"s{s}", TrainConfig(seed=s, **QUIET),
+                  dict(epochs=1, batch_size=50), log=[].append).run_dir for s in (0, 1)]
 
 
 @pytest.mark.parametrize("name", ["fast", "best"])
 def test_recipe_builds_and_trains_a_few_steps(name, data, tmp_path):
-    result = train(name, data, tmp_path / name, TrainConfig(steps=3, batch_size=32, **QUIET), log=[].append)
+    result = train(name, data, tmp_path / name, TrainConfig(**QUIET), dict(steps=3, batch_size=32),
+                   log=[].append)
     assert result.metrics["steps"] == 3 and np.isfinite(result.history[-1]["train_loss"])
-    saved = load_run_config(tmp_path / name)["recipe"]
+    saved = RunFolder(tmp_path / name).read_config()["recipe"]
     assert saved["augment"] is (name == "best") and saved["schedule"] == "onecycle"
 
 
@@ -44,10 +46,8 @@ def test_average_probabilities_matches_numpy():
 
 
 def test_ensemble_of_runs_is_the_mean_of_their_probabilities(two_runs, data):
-    from mnistlab.evaluate import load_model
-
     result = ensemble.evaluate_ensemble(two_runs, data.test)
-    probs = [ensemble.softmax(predict_logits(load_model(r), data.test.images).astype(np.float64)) for r in two_runs]
+    probs = [softmax(predict_logits(load_model(r), data.test.images).astype(np.float64)) for r in two_runs]
     mean = np.mean(probs, axis=0)
     np.testing.assert_allclose(result.evaluation.probabilities, mean, atol=1e-5)
     assert result.evaluation.accuracy == pytest.approx((mean.argmax(1) == data.test.labels).mean())

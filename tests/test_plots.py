@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from mnistlab import cli, data, evaluate, idx, plots, report
+from mnistlab import runs as runs_module
 
 N_TRAIN, N_TEST, N_VALIDATION = 200, 60, 20
 FLIP_EVERY = 10  # every 10th test label is shifted by one, so some test images are always misclassified
@@ -80,7 +81,7 @@ def write_run(folder: Path, name: str, model, data_dir: Path, epochs: int = 2) -
                       validation_data=(ds.validation.images, ds.validation.labels)).history
         rows.append({"epoch": epoch, "train_loss": h["loss"][0], "train_accuracy": h["accuracy"][0],
                      "val_loss": h["val_loss"][0], "val_accuracy": h["val_accuracy"][0],
-                     "seconds": time.perf_counter() - start})
+                     "learning_rate": 0.01})
     folder.mkdir(parents=True)
     model.save(folder / "model.keras")
     test_loss, test_accuracy = model.evaluate(ds.test.images, ds.test.labels, verbose=0)
@@ -92,7 +93,7 @@ def write_run(folder: Path, name: str, model, data_dir: Path, epochs: int = 2) -
         "train": {"epochs": epochs, "batch_size": 32, "note": "<script>alert('x')</script> & more"},
     }))
     with (folder / "history.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=plots.HISTORY_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=runs_module.HISTORY_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     return folder
@@ -205,10 +206,11 @@ def test_confusion_uses_evaluation_json_only_when_current(runs, tmp_path):
     for name in ("config.json", "model.keras"):
         (run_dir / name).write_bytes((runs["cnn"] / name).read_bytes())
     fake = np.arange(100).reshape(10, 10).tolist()
-    (run_dir / "evaluation.json").write_text(json.dumps({"confusion_matrix": fake, "split": "test"}))
+    digest = runs_module.RunFolder(run_dir).model_digest()
+    (run_dir / "evaluation-test.json").write_text(json.dumps({"confusion_matrix": fake, "split": "test",
+                                                              "model_sha256": digest}))
     np.testing.assert_array_equal(report.Run(run_dir).confusion(), fake)
-    later = time.time() + 10  # a model newer than the evaluation: the matrix is recomputed
-    os.utime(run_dir / "model.keras", (later, later))
+    (run_dir / "model.keras").write_bytes((runs["softmax"] / "model.keras").read_bytes())  # another model: recomputed
     computed = report.Run(run_dir).confusion()
     assert computed.sum() == N_TEST and computed.tolist() != fake
 

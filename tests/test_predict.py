@@ -12,6 +12,8 @@ from PIL import Image
 import _models
 from _models import FOUR, SEVEN, draw
 from mnistlab import cli, predict
+from mnistlab.inference import softmax
+from mnistlab.runs import load_predictor
 from mnistlab.errors import MnistlabError
 
 
@@ -31,11 +33,11 @@ def digit_files(tmp_path_factory) -> list[Path]:
 
 # ---------------------------------------------------------------------------- loading
 def test_run_folder_and_keras_file_load(tiny_run: Path):
-    run = predict.load_predictor(tiny_run)
+    run = load_predictor(tiny_run)
     assert (run.name, run.format, run.parameters) == ("tiny", "keras", 28 * 28 * 10 + 10)
     assert run.info() == {"name": "tiny", "format": "keras", "parameters": 7850,
                           "test_accuracy": 0.1, "test_loss": 2.3}
-    file = predict.load_predictor(tiny_run / "model.keras")
+    file = load_predictor(tiny_run / "model.keras")
     assert file.name == "tiny" and file.metrics == {"test_accuracy": 0.1, "test_loss": 2.3}
 
 
@@ -43,19 +45,19 @@ def test_logits_match_keras_and_softmax_matches_numpy(tiny_run: Path):
     import keras
 
     images = np.random.default_rng(0).random((37, 28, 28, 1), dtype=np.float32)
-    run = predict.load_predictor(tiny_run)
+    run = load_predictor(tiny_run)
     reference = keras.saving.load_model(tiny_run / "model.keras").predict(images, verbose=0)
     np.testing.assert_allclose(run.logits(images, batch_size=10), reference, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(run.logits(images.reshape(37, 784)), reference, rtol=1e-5, atol=1e-5)
     e = np.exp(reference - reference.max(1, keepdims=True))
     np.testing.assert_allclose(run.probabilities(images), e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
-    assert predict.softmax(np.array([[1000.0, 0.0]]))[0, 0] == 1.0  # no overflow
+    assert softmax(np.array([[1000.0, 0.0]]))[0, 0] == 1.0  # no overflow
     with pytest.raises(MnistlabError, match=r"expected \(N, 28, 28, 1\)"):
         run.logits(np.zeros((2, 32, 32, 1)))
 
 
 def test_missing_metrics_are_fine(tmp_path: Path):
-    run = predict.load_predictor(_models.untrained_run(tmp_path / "run", with_metrics=False))
+    run = load_predictor(_models.untrained_run(tmp_path / "run", with_metrics=False))
     assert run.metrics == {} and run.info()["test_accuracy"] is None
 
 
@@ -64,14 +66,14 @@ def test_missing_metrics_are_fine(tmp_path: Path):
 def test_other_formats_are_refused(tmp_path: Path, name: str):
     (tmp_path / name).write_bytes(b"\x80\x04 not loaded")
     with pytest.raises(MnistlabError, match="expected a run folder .* a .keras file, a SavedModel folder"):
-        predict.load_predictor(tmp_path / name)
+        load_predictor(tmp_path / name)
 
 
 def test_empty_folder_and_missing_path_are_refused(tmp_path: Path):
     with pytest.raises(MnistlabError, match="no model.keras, saved_model.pb or model.tflite in this folder"):
-        predict.load_predictor(tmp_path)
+        load_predictor(tmp_path)
     with pytest.raises(MnistlabError, match="no such file or folder"):
-        predict.load_predictor(tmp_path / "nope.keras")
+        load_predictor(tmp_path / "nope.keras")
 
 
 def test_a_keras_file_carrying_code_is_refused(tmp_path: Path):
@@ -82,7 +84,7 @@ def test_a_keras_file_carrying_code_is_refused(tmp_path: Path):
                               layers.Dense(10)])
     model.save(tmp_path / "lambda.keras")
     with pytest.raises(MnistlabError, match=r"lambda.keras: cannot load this .keras model safely"):
-        predict.load_predictor(tmp_path / "lambda.keras")
+        load_predictor(tmp_path / "lambda.keras")
 
 
 def test_damaged_or_misshapen_models_are_refused(tmp_path: Path):
@@ -91,14 +93,14 @@ def test_damaged_or_misshapen_models_are_refused(tmp_path: Path):
 
     (tmp_path / "junk.keras").write_bytes(b"PK\x03\x04 but not really a zip")
     with pytest.raises(MnistlabError, match="junk.keras: cannot load"):
-        predict.load_predictor(tmp_path / "junk.keras")
+        load_predictor(tmp_path / "junk.keras")
     keras.Sequential([keras.Input((32, 32, 3)), layers.Flatten(), layers.Dense(10)]).save(tmp_path / "cifar.keras")
     with pytest.raises(MnistlabError, match=r"expected \(None, 28, 28, 1\) -> \(None, 10\)"):
-        predict.load_predictor(tmp_path / "cifar.keras")
+        load_predictor(tmp_path / "cifar.keras")
     run = _models.untrained_run(tmp_path / "run")
     (run / "config.json").write_text("{not json")
     with pytest.raises(MnistlabError, match="config.json: not readable JSON"):
-        predict.load_predictor(run)
+        load_predictor(run)
 
 
 def test_a_saved_model_that_touches_files_is_refused(tmp_path: Path):
@@ -113,14 +115,14 @@ def test_a_saved_model_that_touches_files_is_refused(tmp_path: Path):
     module = Sneaky()
     tf.saved_model.save(module, str(tmp_path / "sneaky"), signatures={"serving_default": module.serve})
     with pytest.raises(MnistlabError, match="refused, the serving function uses WriteFile"):
-        predict.load_predictor(tmp_path / "sneaky")
+        load_predictor(tmp_path / "sneaky")
     assert not (tmp_path / "written").exists()
 
 
 def test_a_broken_tflite_file_is_refused(tmp_path: Path):
     (tmp_path / "model.tflite").write_bytes(b"TFL3 definitely not a flatbuffer")
     with pytest.raises(MnistlabError, match="model.tflite: not a loadable TFLite model"):
-        predict.load_predictor(tmp_path / "model.tflite")
+        load_predictor(tmp_path / "model.tflite")
 
 
 # ---------------------------------------------------------------------------- files
@@ -128,7 +130,7 @@ def test_predict_files_reports_bad_files_and_predicts_the_rest(tiny_run: Path, d
     (tmp_path / "text.png").write_text("not a picture")
     Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
     paths = [digit_files[0], tmp_path / "text.png", digit_files[1], tmp_path / "blank.png", tmp_path / "gone.png"]
-    run = predict.load_predictor(tiny_run)
+    run = load_predictor(tiny_run)
     results = predict.predict_files(run, paths, top=4)
     assert [r["file"] for r in results] == [str(p) for p in paths]
     assert [("error" in r) for r in results] == [False, True, False, True, True]
@@ -165,7 +167,7 @@ def test_trained_model_reads_mnist_test_pictures(real_mnist, tmp_path_factory, t
     for i in range(50):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(np.round(real_mnist.test.images[i, ..., 0] * 255).astype(np.uint8)).save(paths[-1])
-    results = predict.predict_files(predict.load_predictor(run), paths)
+    results = predict.predict_files(load_predictor(run), paths)
     digits = np.array([r["digit"] for r in results])
     assert (digits == real_mnist.test.labels[:50]).mean() >= 0.94
 
@@ -175,9 +177,9 @@ def test_a_run_written_by_mnistlab_train_loads(tiny_mnist_dir: Path, tmp_path: P
     from mnistlab import data, train
 
     dataset = data.load(data.DataConfig(data_dir=str(tiny_mnist_dir), validation_size=10, download=False))
-    config = train.TrainConfig(epochs=1, batch_size=16, tensorboard=False, progress=False)
-    train.train("softmax", dataset, tmp_path / "run", config, log=lambda line: None)
-    run = predict.load_predictor(tmp_path / "run")
+    config = train.TrainConfig(tensorboard=False, progress=False)
+    train.train("softmax", dataset, tmp_path / "run", config, dict(epochs=1, batch_size=16), log=lambda line: None)
+    run = load_predictor(tmp_path / "run")
     assert run.name == "softmax" and run.format == "keras" and run.parameters == 7850
     assert isinstance(run.metrics.get("test_accuracy"), float)
     assert run.logits(dataset.test.images).shape == (len(dataset.test), 10)

@@ -222,7 +222,7 @@ def test_an_enlarged_mnist_digit_comes_back_as_itself(real_mnist):
 def test_trained_model_reads_digits_dressed_up_as_photos(real_mnist, tmp_path_factory, tmp_path):
     """MNIST test digits scaled 3-9x, shifted on a larger sheet, dark ink on light paper, shadow,
     noise, dust, colour cast; saved as JPEG (quality 75) and PNG; read back from disk."""
-    from mnistlab.predict import load_predictor
+    from mnistlab.runs import load_predictor
 
     predictor = load_predictor(_models.trained_run(real_mnist, tmp_path_factory))
     rng = np.random.default_rng(2024)

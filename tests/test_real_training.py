@@ -24,17 +24,19 @@ def mnist():
 
 
 def test_softmax_regression_clears_90_percent(mnist, tmp_path):
-    result = train("softmax", mnist, tmp_path / "softmax", TrainConfig(epochs=2, progress=False), log=[].append)
+    result = train("softmax", mnist, tmp_path / "softmax", TrainConfig(progress=False), dict(epochs=2),
+                   log=[].append)
     assert result.metrics["test_accuracy"] >= 0.90
 
 
 def test_course_mlp_one_epoch_clears_95_percent(mnist, tmp_path):
-    result = train("mlp", mnist, tmp_path / "mlp", TrainConfig(course=True, epochs=1, progress=False), log=[].append)
+    result = train("mlp", mnist, tmp_path / "mlp", TrainConfig(course=True, progress=False),
+                   dict(epochs=1), log=[].append)
     assert result.metrics["test_accuracy"] >= 0.95
 
 
 def test_default_cnn_one_epoch_clears_97_percent(mnist, tmp_path):
-    result = train("cnn", mnist, tmp_path / "cnn", TrainConfig(epochs=1, progress=False), log=[].append)
+    result = train("cnn", mnist, tmp_path / "cnn", TrainConfig(progress=False), dict(epochs=1), log=[].append)
     assert result.metrics["test_accuracy"] >= 0.97
     assert result.metrics["test_accuracy"] == pytest.approx(float((tmp_path / "cnn" / "metrics.json").read_text()
                                                                   .split('"test_accuracy": ')[1].split(",")[0]))

@@ -19,7 +19,8 @@ import _models
 from _models import FOUR, SEVEN, draw, encode, png_header_only
 from mnistlab import preprocess, serve
 from mnistlab.errors import MnistlabError
-from mnistlab.predict import load_predictor, softmax
+from mnistlab.inference import softmax
+from mnistlab.runs import load_predictor
 
 pytestmark = pytest.mark.timeout(120)
 LIMIT = 200_000  # bytes: the test server's body limit, small so the tests send little

@@ -1,22 +1,23 @@
-"""Models and training on tiny synthetic data: build, learn, determinism, NaN guard, resume, logs."""
+"""Models and training on tiny synthetic data: build, learn, determinism, NaN guard, exact resume, logs."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mnistlab import models
+from mnistlab import models, train as train_module
 from mnistlab.errors import MnistlabError
-from mnistlab.train import ArchConfig, TrainConfig, TrainingDiverged, learning_rate_at, read_history, train
+from mnistlab.runs import RunFolder
+from mnistlab.train import Chunk, TrainConfig, TrainingDiverged, learning_rate_at, plan_chunks, train
 from synthetic import synthetic_dataset
 
 QUIET = dict(progress=False)
-
-
-def quiet_log(lines: list[str]):
-    return lines.append
+NO_TB = dict(progress=False, tensorboard=False)
 
 
 @pytest.fixture(scope="module")
@@ -30,85 +31,103 @@ def test_every_model_builds_trains_and_loss_falls(name, data, tmp_path):
     assert model.output_shape == (None, 10)
     assert model.input_shape == (None, 28, 28, 1)
     lines: list[str] = []
-    config = TrainConfig(epochs=3, batch_size=32, learning_rate=1e-3, optimizer="adam", schedule="constant",
-                         tensorboard=False, **QUIET)
-    result = train(name, data, tmp_path / name, config, log=lines.append)
+    recipe = dict(epochs=3, batch_size=32, learning_rate=1e-3, optimizer="adam", schedule="constant")
+    result = train(name, data, tmp_path / name, TrainConfig(**NO_TB), recipe, log=lines.append)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0], losses
     assert np.isfinite(losses).all()
+    assert lines[0].startswith(f"{name}: adam 0.001 (constant), batch 32, 3 epochs")  # the resolved recipe first
     assert len([line for line in lines if line.startswith("Train Epoch:")]) == 3
     assert any(line.startswith("Train Finished takes:") for line in lines)
-    for name_ in ("config.json", "history.csv", "metrics.json", "model.keras"):
+    for name_ in ("config.json", "history.csv", "metrics.json", "timing.json", "model.keras"):
         assert (tmp_path / name / name_).is_file()
 
 
 def test_learns_synthetic_data(data, tmp_path):
-    result = train("softmax", data, tmp_path / "r", TrainConfig(epochs=10, tensorboard=False, **QUIET), log=[].append)
+    result = train("softmax", data, tmp_path / "r", TrainConfig(**NO_TB), dict(epochs=10), log=[].append)
     assert result.metrics["test_accuracy"] > 0.9
 
 
-def test_same_seed_same_weights_and_numbers(data, tmp_path):
-    config = TrainConfig(epochs=2, seed=7, tensorboard=False, **QUIET)
-    arch = ArchConfig(filters=(4, 8), fc_units=(16,))
-    runs = [train("cnn-hvass", data, tmp_path / f"r{i}", config, arch, log=[].append) for i in range(2)]
-    assert runs[0].history == [dict(r, seconds=runs[0].history[i]["seconds"]) for i, r in enumerate(runs[1].history)]
+def test_train_and_validation_loss_are_the_same_quantity(data, tmp_path):
+    """With label smoothing the optimized loss is not cross-entropy; the reported one must be."""
     import keras
-    w = [keras.saving.load_model(r.run_dir / "model.keras").get_weights() for r in runs]
-    for a, b in zip(*w):
-        np.testing.assert_array_equal(a, b)
-    other = train("cnn-hvass", data, tmp_path / "r2", TrainConfig(epochs=2, seed=8, tensorboard=False, **QUIET),
-                  arch, log=[].append)
+
+    result = train("mlp", data, tmp_path / "ls", TrainConfig(**NO_TB), dict(epochs=2, label_smoothing=0.3),
+                   log=[].append)
+    model = keras.saving.load_model(tmp_path / "ls" / "model.keras")
+    logits = model.predict(data.validation.images, verbose=0)
+    plain = float(keras.ops.mean(keras.losses.sparse_categorical_crossentropy(data.validation.labels, logits,
+                                                                              from_logits=True)))
+    assert result.history[-1]["val_loss"] == pytest.approx(plain, rel=1e-4)
+    # the train loss of the last epoch is also plain cross-entropy: near the validation loss, not the
+    # smoothed loss (which is >= 0.3 * ln 10 / 10 * 9 ~ 0.62 at best)
+    assert result.history[-1]["train_loss"] < 0.5
+
+
+def test_same_seed_same_weights_and_numbers(data, tmp_path):
+    config = TrainConfig(seed=7, **NO_TB)
+    arch = dict(filters=(4, 8), fc_units=(16,))
+    runs = [train("cnn-hvass", data, tmp_path / f"r{i}", config, dict(epochs=2), arch, log=[].append) for i in range(2)]
+    assert runs[0].history == runs[1].history
+    assert_same_run(tmp_path / "r0", tmp_path / "r1")
+    other = train("cnn-hvass", data, tmp_path / "r2", TrainConfig(seed=8, **NO_TB), dict(epochs=2), arch,
+                  log=[].append)
     assert other.history[0]["train_loss"] != runs[0].history[0]["train_loss"]
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(data, tmp_path):
-    # Epoch 1 trains normally; the step schedule then multiplies the rate by 1e12 -> divergence in epoch 2.
-    config = TrainConfig(epochs=4, optimizer="sgd", learning_rate=0.1, schedule="step", gamma=1e12,
-                         tensorboard=False, **QUIET)
+def exploding_rate(after_steps: int):
+    """A schedule (patched in for ``learning_rate_at``) that is sane for ``after_steps`` steps, then
+    1e12: the way to reach divergence now that impossible flag values are refused."""
+    def rate(step, recipe, total_steps, steps_per_epoch):
+        import tensorflow as tf
+
+        return tf.where(tf.cast(step, tf.float32) < after_steps, 0.1, 1e12)
+    return rate
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "learning_rate_at", exploding_rate(after_steps=19))  # epoch 2 diverges
     run = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match=r"NaN/inf in epoch 2.*ckpt-1"):
-        train("mlp", data, run, config, log=[].append)
-    assert (run / "checkpoints" / "ckpt-1.index").exists()
-    assert not (run / "checkpoints" / "ckpt-2.index").exists()
+    with pytest.raises(TrainingDiverged, match=r"NaN/inf in epoch 2.*Last good checkpoint: .*epoch-1"):
+        train("mlp", data, run, TrainConfig(**NO_TB), dict(epochs=4, optimizer="sgd", schedule="step",
+                                                            batch_size=32), log=[].append)
+    assert (run / "checkpoints" / "epoch-1.index").exists()
+    assert not (run / "checkpoints" / "epoch-2.index").exists()
     assert not (run / "model.keras").exists()
-    assert [r["epoch"] for r in read_history(run / "history.csv")] == [1]
+    assert [r["epoch"] for r in RunFolder(run).read_history()] == [1]
 
 
-def test_interrupt_saves_checkpoint_and_resume_matches_uninterrupted_run(data, tmp_path):
-    config = TrainConfig(epochs=3, seed=3, tensorboard=False, **QUIET)
-    straight = train("softmax", data, tmp_path / "straight", config, log=[].append)
-
-    def interrupt_after_first_epoch(line: str) -> None:
-        if line.startswith("Train Epoch: 01"):
-            raise KeyboardInterrupt
-
-    run = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        train("softmax", data, run, config, log=interrupt_after_first_epoch)
-    assert not (run / "model.keras").exists()
-    lines: list[str] = []
-    resumed = train("softmax", data, run, config, resume=True, log=lines.append)
-    assert lines[0].startswith("resumed from")
-    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
-    assert resumed.metrics["steps"] == straight.metrics["steps"]
-    import keras
-    a = keras.saving.load_model(straight.run_dir / "model.keras").get_weights()
-    b = keras.saving.load_model(run / "model.keras").get_weights()
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+def test_divergence_in_the_first_epoch_leaves_a_folder_that_can_be_reused(data, tmp_path, monkeypatch):
+    run = tmp_path / "nan1"
+    with monkeypatch.context() as mp:
+        mp.setattr(train_module, "learning_rate_at", exploding_rate(after_steps=0))
+        with pytest.raises(TrainingDiverged, match="Nothing was saved"):
+            train("mlp", data, run, TrainConfig(**NO_TB), dict(epochs=2, optimizer="sgd", schedule="step"),
+                  log=[].append)
+    assert not RunFolder(run).is_run()
+    train("mlp", data, run, TrainConfig(**NO_TB), dict(epochs=1), log=[].append)  # the same --out works again
 
 
-def test_existing_run_folder_needs_resume(data, tmp_path):
-    train("softmax", data, tmp_path / "r", TrainConfig(epochs=1, tensorboard=False, **QUIET), log=[].append)
+def test_existing_run_folder_needs_resume_and_other_folders_are_not_overwritten(data, tmp_path):
+    train("softmax", data, tmp_path / "r", TrainConfig(**NO_TB), dict(epochs=1), log=[].append)
     with pytest.raises(MnistlabError, match="already holds a run"):
-        train("softmax", data, tmp_path / "r", TrainConfig(epochs=1, **QUIET), log=[].append)
+        train("softmax", data, tmp_path / "r", TrainConfig(**QUIET), dict(epochs=1), log=[].append)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "history.csv").write_text("my own file")
+    with pytest.raises(MnistlabError, match="holds other files"):
+        train("softmax", data, mine, TrainConfig(**NO_TB), dict(epochs=1), log=[].append)
+    assert (mine / "history.csv").read_text() == "my own file"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MnistlabError, match="is a file"):
+        train("softmax", data, tmp_path / "afile", TrainConfig(**NO_TB), dict(epochs=1), log=[].append)
 
 
 def test_tensorboard_events_hold_scalars_histograms_and_graph(data, tmp_path):
     import tensorflow as tf
 
-    train("cnn-hvass", data, tmp_path / "tb", TrainConfig(epochs=2, **QUIET),
-          ArchConfig(filters=(4, 8), fc_units=(16,)), log=[].append)
+    train("cnn-hvass", data, tmp_path / "tb", TrainConfig(**QUIET), dict(epochs=2),
+          dict(filters=(4, 8), fc_units=(16,)), log=[].append)
     found = {"train": set(), "validation": set()}
     graphs = 0
     for split in found:
@@ -127,26 +146,47 @@ def test_tensorboard_events_hold_scalars_histograms_and_graph(data, tmp_path):
 
 
 def test_config_json_records_resolved_settings(data, tmp_path):
-    train("mlp", data, tmp_path / "c", TrainConfig(epochs=1, course=True, tensorboard=False, **QUIET),
-          ArchConfig(hidden=(32,)), log=[].append)
+    train("mlp", data, tmp_path / "c", TrainConfig(course=True, **NO_TB), dict(epochs=1), dict(hidden=(32,)),
+          log=[].append)
     saved = json.loads((tmp_path / "c" / "config.json").read_text())
     assert saved["model"] == "mlp"
-    assert saved["arch"]["hidden"] == [32]
+    assert saved["arch"]["hidden"] == [32] and saved["arch"]["activation"] == "relu"
     assert saved["recipe"]["optimizer"] == "adam" and saved["recipe"]["learning_rate"] == 0.01
     assert saved["recipe"]["batch_size"] == 50 and saved["recipe"]["epochs"] == 1
     assert "tensorflow" in saved["versions"]
 
 
-@pytest.mark.parametrize("config, message", [
-    (TrainConfig(learning_rate=-0.1), "--learning-rate -0.1"),
-    (TrainConfig(batch_size=0), "--batch-size 0"),
-    (TrainConfig(epochs=0, steps=0), "--epochs/--steps"),
-    (TrainConfig(label_smoothing=1.5), "--label-smoothing"),
+@pytest.mark.parametrize("recipe, arch, config, message", [
+    (dict(learning_rate=-0.1), {}, {}, "--learning-rate -0.1: expected a positive number"),
+    (dict(batch_size=0), {}, {}, "--batch-size 0"),
+    (dict(epochs=0, steps=0), {}, {}, "--epochs 0 / --steps 0"),
+    (dict(label_smoothing=1.5), {}, {}, "--label-smoothing 1.5"),
+    (dict(gamma=-1.0, schedule="step"), {}, {}, "--gamma -1.0"),
+    (dict(rho=1.0), {}, {}, "--rho 1.0"),
+    (dict(optimizer="lion"), {}, {}, "--optimizer lion: expected one of sgd"),
+    (dict(momentum=0.9), {}, {}, "unknown recipe setting momentum"),
+    ({}, dict(dropout=1.5), {}, "--dropout 1.5"),
+    ({}, dict(dropout=-0.5), {}, "--dropout -0.5"),
+    ({}, dict(hidden=(0,)), {}, "--hidden 0"),
+    ({}, dict(filters=(0,)), {}, None),  # softmax has no filters: refused as an unknown option
+    ({}, {}, dict(seed=-1), "--seed -1"),
+    ({}, {}, dict(keep_checkpoints=0), "--keep-checkpoints 0"),
 ])
-def test_bad_options_fail_before_any_work(config, message, data, tmp_path):
-    with pytest.raises(MnistlabError, match=message):
-        train("softmax", data, tmp_path / "bad", config, log=[].append)
+def test_bad_options_fail_before_any_work(recipe, arch, config, message, data, tmp_path):
+    with pytest.raises(MnistlabError, match=message or "no option filters"):
+        train("softmax" if "filters" not in arch else "softmax", data, tmp_path / "bad", TrainConfig(**config),
+              recipe, arch, log=[].append)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("arch, message", [
+    (dict(filters=(0,)), "--filters 0"), (dict(filters=(-4,)), "--filters -4"), (dict(kernel_size=0), "--kernel-size 0"),
+    (dict(kernel_size=100), "--kernel-size 100"), (dict(fc_units=(0,)), "--fc-units 0"),
+    (dict(convs=(0,)), "--convs 0"), (dict(pooling="huge"), "--pooling huge"),
+])
+def test_bad_architecture_values_are_refused_with_the_flag(arch, message):
+    with pytest.raises(MnistlabError, match=message):
+        models.build("cnn-hvass", **arch)
 
 
 def test_architecture_options_cover_the_course_exercises():
@@ -188,7 +228,7 @@ def test_convs_stack_several_convolutions_per_stage():
     for bad in ((1, 2, 3), (0,)):
         with pytest.raises(MnistlabError, match="--convs"):
             models.build("cnn-hvass", filters=(4, 8), convs=bad)
-    with pytest.raises(MnistlabError, match="--activation 'swish'"):
+    with pytest.raises(MnistlabError, match="--activation swish"):
         models.build("mlp", activation="swish")
 
 
@@ -199,16 +239,16 @@ def test_clean_epochs_train_the_last_epochs_without_augmentation(data, tmp_path,
 
     augmented = tf.Variable(0, dtype=tf.int64)
 
-    def counting(x):  # counts the images it is given, at run time, inside the compiled step
+    def counting(x, seed):  # counts the images it is given, at run time, inside the compiled step
         augmented.assign_add(tf.shape(x, out_type=tf.int64)[0])
         return x
 
     monkeypatch.setattr(augment, "augment_batch", counting)
-    config = TrainConfig(epochs=3, batch_size=40, augment=True, clean_epochs=1, progress=False, tensorboard=False)
-    train("softmax", data, tmp_path / "clean", config, log=[].append)
+    recipe = dict(epochs=3, batch_size=40, augment=True, clean_epochs=1)
+    train("softmax", data, tmp_path / "clean", TrainConfig(**NO_TB), recipe, log=[].append)
     assert int(augmented.numpy()) == 2 * len(data.train)  # epochs 1-2 augmented, epoch 3 as they are
     with pytest.raises(MnistlabError, match="--clean-epochs -1"):
-        train("softmax", data, tmp_path / "bad", TrainConfig(clean_epochs=-1), log=[].append)
+        train("softmax", data, tmp_path / "bad", TrainConfig(), dict(clean_epochs=-1), log=[].append)
 
 
 def test_learning_rate_schedules_are_pure_functions_of_the_step():
@@ -232,3 +272,164 @@ def test_stable_loss_where_log_softmax_would_give_nan():
     ours = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)[0]
     assert not np.isfinite(naive.numpy())
     assert np.isfinite(ours.numpy()) and ours.numpy() == pytest.approx(2000.0)
+
+
+# ---------------------------------------------------------------------------- chunk planning
+def test_plan_chunks_covers_every_step_once_with_the_partial_batch_alone():
+    assert plan_chunks(250, 100, 0, 3) == [Chunk(0, 2, 100), Chunk(2, 1, 50)]
+    assert plan_chunks(1000, 10, 0, 100, chunk_steps=30) == [Chunk(0, 30, 10), Chunk(30, 30, 10),
+                                                              Chunk(60, 30, 10), Chunk(90, 10, 10)]
+    assert plan_chunks(1000, 10, 45, 100, chunk_steps=30) == [Chunk(45, 30, 10), Chunk(75, 25, 10)]  # resumed
+    assert plan_chunks(1005, 10, 95, 101, chunk_steps=30) == [Chunk(95, 5, 10), Chunk(100, 1, 5)]
+    assert plan_chunks(1000, 10, 0, 7) == [Chunk(0, 7, 10)]  # --steps shorter than an epoch
+    assert plan_chunks(1000, 10, 100, 100) == []
+    for n, b, start, stop, size in ((997, 32, 0, 32, 7), (640, 64, 3, 10, 4), (5, 10, 0, 1, 3)):
+        chunks = plan_chunks(n, b, start, stop, size)
+        steps = [c.first + i for c in chunks for i in range(c.steps)]
+        assert steps == list(range(start, stop))
+        images = sum(c.steps * c.batch for c in chunks)
+        assert images == min(n, stop * b) - start * b
+        assert all(c.steps <= size for c in chunks)
+
+
+def test_plan_counts_steps_and_epochs():
+    plan = train_module.Plan.of(models.Recipe("adam", 1e-3, 128, epochs=3), 55_000)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.epochs) == (430, 1290, 3)
+    steps = train_module.Plan.of(models.Recipe("adam", 1e-4, 64, steps=10_000), 55_000)
+    assert (steps.epochs, steps.epoch_steps(0), steps.epoch_steps(11)) == (12, 860, 10_000 - 11 * 860)
+
+
+# ---------------------------------------------------------------------------- exact resume
+def model_weights(run: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(run / "model.keras").get_weights()
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Weights bit for bit, and the deterministic files byte for byte."""
+    for x, y in zip(model_weights(a), model_weights(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    for name in ("history.csv", "metrics.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+# Three kinds the issue names: fast (no BN, no dropout), cnn (batch norm, AdamW, label smoothing) and a
+# dropout + augmentation model (cnn3: conv and fc dropout), each small, 3 epochs of 19 steps.
+RESUME_CASES = {
+    "fast": ("fast", dict(epochs=3, batch_size=32), dict(filters=(4, 8, 8))),
+    "cnn": ("cnn", dict(epochs=3, batch_size=32), dict(filters=(4, 8, 8))),
+    "dropout+augment": ("cnn3", dict(epochs=3, batch_size=32, augment=True, clean_epochs=1),
+                        dict(filters=(4, 8, 8), fc_units=(16,))),
+}
+
+
+@pytest.fixture(scope="module")
+def straight_runs(data, tmp_path_factory):
+    """Each case trained straight through once."""
+    root = tmp_path_factory.mktemp("straight")
+    for case, (name, recipe, arch) in RESUME_CASES.items():
+        train(name, data, root / case, TrainConfig(seed=5, **NO_TB), recipe, arch, log=[].append)
+    return root
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_ctrl_c_mid_epoch_then_resume_is_bit_identical_to_a_straight_run(case, data, straight_runs, tmp_path,
+                                                                         monkeypatch):
+    """A real SIGINT, sent right after an observed step in the middle of epoch 2 (not after a sleep)."""
+    name, recipe, arch = RESUME_CASES[case]
+    monkeypatch.setattr(train_module, "CHUNK_STEPS", 4)  # several chunks per epoch of 19 steps
+    sent = []
+
+    def interrupt_mid_epoch_2(epoch: int, step: int) -> None:
+        if epoch == 1 and step >= 19 + 8 and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / case
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(name, data, run, TrainConfig(seed=5, **NO_TB), recipe, arch, log=lines.append,
+              on_chunk=interrupt_mid_epoch_2)
+    assert sent == [27]
+    assert lines[-1].startswith("interrupted in epoch 2 after step 8 of 19: the exact position is saved in")
+    assert (run / "checkpoints" / "interrupted.index").is_file() and not (run / "model.keras").exists()
+    assert (run / "checkpoints" / "epoch-1.index").is_file()  # the clean epoch checkpoint is untouched
+    resumed: list[str] = []
+    result = train(None, data, run, TrainConfig(**NO_TB), resume=True, log=resumed.append)
+    assert resumed[1].startswith("resumed from") and resumed[1].endswith("epoch 2, step 8")
+    assert result.metrics["steps"] == 3 * 19
+    assert not (run / "checkpoints" / "interrupted.index").exists()  # gone at the next epoch's end
+    assert_same_run(straight_runs / case, run)
+    timing = json.loads((run / "timing.json").read_text())
+    assert timing["wall_seconds"] >= timing["train_seconds"] > 0 and len(timing["epoch_seconds"]) == 3
+
+
+def test_resume_from_an_epoch_checkpoint_after_a_hard_stop_is_bit_identical(data, straight_runs, tmp_path):
+    """A KeyboardInterrupt that is not a deferred Ctrl-C (here raised from the epoch log line) saves
+    nothing new: the run continues from the last epoch checkpoint, still exactly."""
+    name, recipe, arch = RESUME_CASES["dropout+augment"]
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("Train Epoch: 01"):
+            raise KeyboardInterrupt
+
+    run = tmp_path / "hard"
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(name, data, run, TrainConfig(seed=5, **NO_TB), recipe, arch,
+              log=lambda line: (lines.append(line), stop_after_epoch_1(line)))
+    assert lines[-1].startswith("interrupted at once: nothing saved since the last checkpoint")
+    train(name, data, run, TrainConfig(seed=5, **NO_TB), recipe, arch, resume=True, log=[].append)
+    assert_same_run(straight_runs / "dropout+augment", run)
+
+
+def test_a_second_ctrl_c_interrupts_at_once(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "CHUNK_STEPS", 4)
+
+    def twice(epoch: int, step: int) -> None:
+        if step == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        train("softmax", data, tmp_path / "twice", TrainConfig(**NO_TB), dict(epochs=2, batch_size=32),
+              log=lines.append, on_chunk=twice)
+    assert lines[-1].startswith("interrupted at once")
+    assert not (tmp_path / "twice" / "checkpoints" / "interrupted.index").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_resume_refuses_what_it_would_ignore(data, tmp_path):
+    run = tmp_path / "run"
+    train("softmax", data, run, TrainConfig(seed=3, **NO_TB), dict(epochs=1), log=[].append)
+    folder = RunFolder(run)
+    for kwargs, message in [
+        (dict(model="mlp"), "it holds a 'softmax' run, not 'mlp'"),
+        (dict(recipe={"epochs": 5}), "--epochs 5 \\(the run's recipe has 1\\)"),
+        (dict(arch={"hidden": (8,)}), "--hidden 8 \\(the run's model has \\)"),
+        (dict(config={"seed": 4}), "--seed 4 \\(the run has 3\\)"),
+        (dict(data={"dataset": "fashion-mnist"}), "--dataset fashion-mnist \\(the run used mnist\\)"),
+        (dict(data={"validation_size": 10}), "--validation-size 10"),
+    ]:
+        with pytest.raises(MnistlabError, match="--resume .*refused, " + message):
+            train_module.settings_to_resume(folder, **kwargs)
+    settings = train_module.settings_to_resume(folder, config={"progress": True, "seed": 3},
+                                               data={"data_dir": "/elsewhere", "dataset": "mnist"})
+    assert settings.train.progress is True and settings.data.data_dir == "/elsewhere"
+    with pytest.raises(MnistlabError, match="--seed 4"):
+        train("softmax", data, run, TrainConfig(seed=4), resume=True, log=[].append)
+
+
+def test_cli_resume_refuses_flags_before_loading_data(tmp_path, capsys, monkeypatch):
+    from mnistlab import cli, data as data_module
+
+    run = tmp_path / "run"
+    train("softmax", synthetic_dataset(n_train=100, n_val=20, n_test=20), run, TrainConfig(**NO_TB), dict(epochs=1),
+          log=[].append)
+    monkeypatch.setattr(data_module, "load", lambda config: pytest.fail("data loaded before the flags were checked"))
+    assert cli.main(["train", "--resume", "--out", str(run), "--dataset", "fashion-mnist"]) == 2
+    assert "--dataset fashion-mnist (the run used mnist)" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "--out", str(run), "--learning-rate", "0.1"]) == 2
+    assert "--learning-rate 0.1 (the run's recipe has 0.002)" in capsys.readouterr().err

@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise to a CLI user; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and probe devices with fd 2 muted: its C++ start-up logs come before
-    absl logging is set up, so no environment variable silences them. Python errors still raise."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 from typing import Callable, Sequence
 
 from mnistlab import __version__
-from mnistlab.config import add_arguments, from_args, from_json
+from mnistlab.config import add_argument, add_arguments, from_args, from_json, given
 from mnistlab.data import DataConfig
 from mnistlab.errors import MnistlabError
 
@@ -123,49 +101,52 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from mnistlab import models
 
-    print(f"{'model':<12} {'params':>10}  {'course settings':<34} {'course':>7}  description")
     for name, spec in models.MODELS.items():
-        r = spec.course
-        length = f"{r.steps} steps" if r.steps else f"{r.epochs} epochs"
-        settings = f"{r.optimizer} {r.learning_rate:g}, batch {r.batch_size}, {length}"
-        reported = f"{spec.course_accuracy:.1%}" if spec.course_accuracy else "-"
-        params = models.build(name).count_params()
-        print(f"{name:<12} {params:>10,}  {settings:<34} {reported:>7}  {spec.description}")
+        reported = f", course reported {spec.course_accuracy:.1%} ({spec.source})" if spec.course_accuracy else ""
+        print(f"{name:<12} {models.build(name).count_params():>10,} parameters  {spec.description}")
+        print(f"{'':<12} mnistlab: {spec.default.summary()}")
+        print(f"{'':<12} course:   {spec.course.summary()}{reported}")
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from mnistlab import data, train
-
-    model = args.model
-    if model is None:
-        if not args.resume:
-            raise MnistlabError("train: expected a MODEL name (see `mnistlab models`) unless --resume")
-        model = train.load_run_config(args.out)["model"]
+def _arch_given(args: argparse.Namespace) -> dict:
     from mnistlab import models
-    models.spec(model)  # unknown model: clear error before any work
-    config = from_args(train.TrainConfig, args)
-    arch = from_args(train.ArchConfig, args)
-    if not args.resume:  # bad options: clear errors before loading data
-        train.resolve_recipe(model, config)
-        models.check_options(model, arch.overrides())
-    data_config = _saved_data_config(train.load_run_config(args.out), args) if args.resume else _data_config(args)
+
+    return {k: getattr(args, k) for k in models.builder_parameters() if getattr(args, k, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnistlab import data, models, runs, train
+
+    folder = runs.RunFolder(args.out)
+    config_given, recipe_given = given(train.TrainConfig, args), given(models.Recipe, args)
+    arch_given, data_given = _arch_given(args), given(DataConfig, args)
+    if args.resume:  # every check before any work
+        settings = train.settings_to_resume(folder, args.model, config_given, recipe_given, arch_given, data_given)
+        config, data_config = settings.train, settings.data
+    else:
+        if args.model is None:
+            raise MnistlabError("train: expected a MODEL name (see `mnistlab models`) unless --resume")
+        config, data_config = from_args(train.TrainConfig, args), from_args(DataConfig, args)
+        settings = train.resolve_settings(args.model, config, recipe_given, arch_given, data_config)
     dataset = data.load(data_config)
-    train.train(model, dataset, args.out, config, arch, data_config, resume=args.resume)
+    train.train(settings.model, dataset, folder.path, config, recipe_given, arch_given, data_config,
+                resume=args.resume)
     print(f"run saved in {args.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mnistlab import data, evaluate, models, train
+    from mnistlab import data, evaluate, models, runs, runtime
 
-    saved = train.load_run_config(args.run)
+    saved = runs.RunFolder(args.run).read_config()
     ds = data.load(_saved_data_config(saved, args))
     if args.untrained:
-        train.configure_tensorflow(saved["train"]["seed"])
-        model = models.build(saved["model"], **from_json(train.ArchConfig, saved["arch"]).overrides())
+        runtime.configure_tensorflow(saved["train"]["seed"])
+        model = models.build(saved["model"], **{k: tuple(v) if isinstance(v, list) else v
+                                                for k, v in saved["arch"].items()})
     else:
-        model = evaluate.load_model(args.run)
+        model = runs.load_model(args.run)
     result = evaluate.evaluate_split(model, ds.split(args.split))
     label = "untrained " if args.untrained else ""
     print(f"Accuracy on {args.split.title()}-Set ({label}{saved['model']}): {result.accuracy:.2%} "
@@ -175,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     precision, recall = result.precision_recall()
     print("class      precision  recall")
     for name, p_, r_ in zip(ds.facts.class_names, precision, recall):
-        print(f"{name[:10]:<10} {p_:>9.4f} {r_:>7.4f}")
+        print(f"{name[:10]:<10} {evaluate.format_rate(p_):>9} {evaluate.format_rate(r_):>7}")
     wrong = result.misclassified()
     print(f"misclassified: {len(wrong)}")
     for m in wrong[: args.show_errors]:
@@ -190,6 +171,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from mnistlab import data, zoo
 
     names = tuple(args.models) if args.models else zoo.COURSE_MODELS
+    zoo.check_zoo(names, args.max_epochs)
     data_config = _data_config(args)
     rows = zoo.run_zoo(data.load(data_config), args.out, names, args.max_epochs, args.seed, data_config,
                        course=not args.own)
@@ -199,9 +181,9 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from mnistlab import data, ensemble, train
+    from mnistlab import data, ensemble, runs
 
-    data_config = _saved_data_config(train.load_run_config(args.runs[0]), args)
+    data_config = _saved_data_config(runs.RunFolder(args.runs[0]).read_config(), args)
     result = ensemble.evaluate_ensemble(args.runs, data.load(data_config).split(args.split))
     for run, accuracy in zip(args.runs, result.member_accuracies):
         print(f"{accuracy:.2%}  {run}")
@@ -242,9 +224,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnistlab import predict
+    from mnistlab import predict, runs
 
-    predictor = predict.load_predictor(args.run)
+    predictor = runs.load_predictor(args.run)
     results = predict.predict_files(predictor, args.images, args.top)
     if args.json:
         print(json.dumps({"model": predictor.name, "format": predictor.format, "results": results}, indent=2))
@@ -303,6 +285,33 @@ def _add_inference_commands(commands: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------- parser
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``train``: its flags are generated from TrainConfig, Recipe and the builders' signatures."""
+    from mnistlab import models
+    from mnistlab.train import TrainConfig  # light: no TensorFlow import at module level
+
+    example = models.recipe("cnn")
+
+    def recipe_default(field) -> str:
+        return f"the model's recipe, e.g. {getattr(example, field.name)} for cnn; `mnistlab models` lists them"
+
+    p = commands.add_parser("train", help="train a model; writes a run folder",
+                            description="Train a registry model. Recipe and architecture flags override the "
+                                        "model's own settings (`mnistlab models` shows both recipes of each).")
+    p.add_argument("model", nargs="?", help="model name from `mnistlab models` (optional with --resume)")
+    p.add_argument("--out", required=True, help="run folder to create, e.g. runs/cnn")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; "
+                   "refuses flags that would change the run (default: False)")
+    add_arguments(p, TrainConfig, title="training")
+    add_arguments(p, models.Recipe, default_text=recipe_default, title="recipe (overrides the model's)")
+    group = p.add_argument_group("architecture (overrides the model's)")
+    for name, annotation in models.builder_parameters().items():
+        text, _, choices = models.ARCH_OPTIONS[name]
+        add_argument(group, name, annotation, text, "the model's, see `mnistlab models`", choices)
+    _add_data_options(p)
+    p.set_defaults(handler=cmd_train)
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     add_arguments(p, DataConfig)
 
@@ -350,15 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("models", help="list the models with parameter counts and course settings")
     p.set_defaults(handler=cmd_models)
 
-    from mnistlab.train import ArchConfig, TrainConfig  # light: no TensorFlow import at module level
-    p = commands.add_parser("train", help="train a model; writes a run folder")
-    p.add_argument("model", nargs="?", help="model name from `mnistlab models` (optional with --resume)")
-    p.add_argument("--out", required=True, help="run folder to create, e.g. runs/cnn")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint (default: False)")
-    add_arguments(p, TrainConfig)
-    add_arguments(p, ArchConfig)
-    _add_data_options(p)
-    p.set_defaults(handler=cmd_train)
+    _add_train_command(commands)
 
     p = commands.add_parser("evaluate", help="test accuracy, confusion matrix, precision/recall, errors")
     p.add_argument("run", help="run folder written by `mnistlab train`")
@@ -418,9 +419,11 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one command; a user error prints one line and exits 2."""
+    from mnistlab import runtime
+
     args = build_parser().parse_args(argv)
     if args.command != "data":  # every other command runs TensorFlow
-        _import_tensorflow_quietly()
+        runtime.import_tensorflow_quietly()
     try:
         return args.handler(args)
     except MnistlabError as exc:

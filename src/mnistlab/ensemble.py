@@ -10,7 +10,9 @@ import numpy as np
 
 from mnistlab.data import Split
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluate import Evaluation, evaluate_logits, load_model, predict_logits, softmax
+from mnistlab.evaluate import Evaluation, evaluate_logits
+from mnistlab.inference import predict_logits, softmax
+from mnistlab.runs import load_model
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mnistlab import fileio
 from mnistlab.data import NUM_CLASSES, Split
-from mnistlab.errors import MnistlabError
+from mnistlab.inference import predict_logits, softmax
+from mnistlab.runs import RunFolder
 
 EVAL_BATCH = 1000  # images per forward pass: large enough to be fast, small enough for little memory
 
@@ -32,12 +32,8 @@ class Evaluation:
         return int((self.predictions == self.labels).sum())
 
     def precision_recall(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-class precision (of each predicted class) and recall (of each true class)."""
-        tp = np.diag(self.confusion).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            precision = np.nan_to_num(tp / self.confusion.sum(axis=0))
-            recall = np.nan_to_num(tp / self.confusion.sum(axis=1))
-        return precision, recall
+        """Per-class precision and recall (``precision_recall`` of the confusion matrix)."""
+        return precision_recall(self.confusion)
 
     def misclassified(self) -> list[dict[str, Any]]:
         """Wrongly predicted samples in index order, with the model's confidence in its answer."""
@@ -46,28 +42,12 @@ class Evaluation:
                  "confidence": float(self.probabilities[i, self.predictions[i]])} for i in wrong]
 
 
-def predict_logits(model: Any, images: np.ndarray, batch_size: int = EVAL_BATCH,
-                   call: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """Logits ``(N, 10)`` of ``model`` in inference mode, in batches, through a compiled graph.
-
-    Pass ``call`` (from ``predict.compile_inference(model)``) to reuse one traced graph across
-    calls, as training does for its per-epoch validation."""
-    if call is None:
-        from mnistlab.predict import compile_inference
-
-        call = compile_inference(model)
-    outputs = [call(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits ``(N, C)``, shifted by the row maximum so it cannot overflow.
-
-    Computed in float64; returned as float64 for float64 input, else float32."""
-    logits = np.asarray(logits)
-    z = logits.astype(np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.result_type(logits.dtype, np.float32))
+def precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision (of each predicted class) and recall (of each true class) from a
+    confusion matrix; NaN where undefined (a class never predicted has no precision)."""
+    tp = np.diag(confusion).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tp / confusion.sum(axis=0), tp / confusion.sum(axis=1)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -98,16 +78,6 @@ def evaluate_split(model: Any, split: Split, call: Callable[[np.ndarray], np.nda
     return evaluate_logits(predict_logits(model, split.images, call=call), split.labels)
 
 
-def load_model(run_dir: str | os.PathLike) -> Any:
-    """The ``model.keras`` of a run folder, loaded with Keras' ``safe_mode`` (no code from the file)."""
-    from mnistlab.predict import load_keras
-
-    path = Path(run_dir) / "model.keras"
-    if not path.is_file():
-        raise MnistlabError(f"{run_dir}: no model.keras; expected a finished `mnistlab train --out` folder")
-    return load_keras(path)
-
-
 def confusion_table(confusion: np.ndarray, class_names: tuple[str, ...]) -> str:
     """The confusion matrix as a text table: rows are true classes, columns predictions."""
     width = max(5, len(str(confusion.max())) + 1)
@@ -118,17 +88,26 @@ def confusion_table(confusion: np.ndarray, class_names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def format_rate(value: float) -> str:
+    """A precision or recall for people: four decimals, or "–" where it is undefined (NaN)."""
+    return "–" if np.isnan(value) else f"{value:.4f}"
+
+
+def _number(value: float) -> float | None:
+    """A metric for JSON: NaN (undefined) becomes null."""
+    return None if np.isnan(value) else round(float(value), 6)
+
+
 def write_reports(run_dir: str | os.PathLike, result: Evaluation, split: str) -> tuple[Path, Path]:
-    """Write ``evaluation.json`` and ``misclassified.csv`` (index,label,prediction,confidence)."""
-    run_dir = Path(run_dir)
+    """Write ``evaluation-SPLIT.json`` and ``misclassified-SPLIT.csv`` (index,label,prediction,confidence)."""
+    folder = RunFolder(Path(run_dir))
     precision, recall = result.precision_recall()
-    eval_path = run_dir / "evaluation.json"
-    fileio.write_json(eval_path, {
-        "split": split, "loss": result.loss, "accuracy": result.accuracy, "correct": result.correct,
-        "total": int(len(result.labels)), "confusion_matrix": result.confusion.tolist(),
-        "precision": precision.round(6).tolist(), "recall": recall.round(6).tolist()})
+    eval_path, csv_path = folder.evaluation_file(split), folder.misclassified_file(split)
+    folder.write_evaluation(split, {
+        "split": split, "model_sha256": folder.model_digest(), "loss": result.loss, "accuracy": result.accuracy,
+        "correct": result.correct, "total": int(len(result.labels)), "confusion_matrix": result.confusion.tolist(),
+        "precision": [_number(p) for p in precision], "recall": [_number(r) for r in recall]})
     rows = ["index,label,prediction,confidence"]
     rows += [f"{m['index']},{m['label']},{m['prediction']},{m['confidence']:.6f}" for m in result.misclassified()]
-    csv_path = run_dir / "misclassified.csv"
-    fileio.write_text(csv_path, "\n".join(rows) + "\n")
+    folder.write_misclassified(split, "\n".join(rows) + "\n")
     return eval_path, csv_path

@@ -22,8 +22,8 @@ from typing import Any
 
 from mnistlab import fileio
 from mnistlab.errors import MnistlabError
-from mnistlab.predict import (INPUT_SHAPE, METADATA_FILE, SAVED_MODEL_METADATA, TFLITE_FILE, Predictor,
-                              load_predictor)
+from mnistlab.inference import INPUT_SHAPE, METADATA_FILE, SAVED_MODEL_METADATA, TFLITE_FILE, Predictor
+from mnistlab.runs import load_predictor
 
 FORMATS = ("savedmodel", "tflite")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 
+from mnistlab.config import FRACTION, NON_NEGATIVE, Check, all_positive, check_value, option, required
 from mnistlab.errors import MnistlabError
 
 if TYPE_CHECKING:  # Keras is imported inside the builders: listing models or parsing flags stays light
@@ -24,6 +25,8 @@ NUM_CLASSES = 10
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "gelu")
 POOLINGS = ("max", "avg", "stride", "none")  # stride: stride-2 convolution instead of pooling
 INITS = ("glorot_uniform", "he_normal", "random_normal", "truncated_normal", "zeros")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adadelta")
+SCHEDULES = ("constant", "cosine", "onecycle", "step")
 
 
 def _initializer(name: str, seed: int | None = None) -> "keras.initializers.Initializer":
@@ -53,7 +56,8 @@ def _dense_head(units: tuple[int, ...], activation: str, dropout: float, init: s
         head.append(layers.Dense(width, activation=activation, kernel_initializer=_initializer(init)))
         if dropout:
             head.append(layers.Dropout(dropout))
-    return head + [layers.Dense(NUM_CLASSES, kernel_initializer=_initializer(init), name="logits")]
+    # float32 logits whatever the precision policy: the softmax cross-entropy stays exact under mixed precision
+    return head + [layers.Dense(NUM_CLASSES, kernel_initializer=_initializer(init), name="logits", dtype="float32")]
 
 
 def mlp(hidden: tuple[int, ...] = (256,), activation: str = "relu", input_dropout: float = 0.0,
@@ -110,22 +114,64 @@ def convnet(filters: tuple[int, ...] = (32, 64), kernel_size: int = 5, fc_units:
     return keras.Sequential(stack + _dense_head(fc_units, activation, dropout, init))
 
 
+# Help text, check and choices of each builder option (their types and defaults are the builders').
+ARCH_OPTIONS: dict[str, tuple[str, Check | None, tuple[str, ...] | None]] = {
+    "hidden": ("MLP hidden layer widths, e.g. 625,625 ('' = none: softmax regression)",
+               (all_positive, "positive layer widths, e.g. 256 or 625,625"), None),
+    "filters": ("conv filters per stage, e.g. 16,36 (more entries = more stages)",
+                (lambda v: 1 <= len(v) <= 8 and all_positive(v) and max(v) <= 4096,
+                 "1 to 8 filter counts, each 1 .. 4096, e.g. 16,36"), None),
+    "convs": ("convolutions per stage (one value for every stage, or one per --filters entry), e.g. 2 or 1,2,2",
+              (lambda v: len(v) >= 1 and all(1 <= c <= 8 for c in v), "counts 1 .. 8, e.g. 2 or 1,2,2"), None),
+    "kernel_size": ("conv kernel size, pixels", (lambda v: 1 <= v <= 28, "an integer 1 .. 28"), None),
+    "fc_units": ("CNN fully-connected widths, e.g. 128 or 1024,256 ('' = none)",
+                 (all_positive, "positive layer widths, e.g. 128 or 1024,256"), None),
+    "activation": ("activation", None, ACTIVATIONS),
+    "pooling": ("downsampling: max, avg, stride (stride-2 conv) or none", None, POOLINGS),
+    "act_after_pool": ("apply the activation after pooling (S4's order)", None, None),
+    "dropout": ("dropout rate after hidden/fc layers (1 - keep_prob)", FRACTION, None),
+    "input_dropout": ("MLP dropout rate on the input", FRACTION, None),
+    "conv_dropout": ("dropout rate after each conv stage", FRACTION, None),
+    "batchnorm": ("batch normalisation after each convolution", None, None),
+    "init": ("weight initialisation (random_normal = TF1's N(0, 1), shows why it hurts)", None, INITS),
+}
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How to train: optimizer, learning rate and schedule, batch, length, regularisation."""
+    """How to train: optimizer, learning rate and schedule, batch, length, regularisation.
 
-    optimizer: str  # sgd | momentum | adam | adamw | rmsprop | adadelta
-    learning_rate: float  # peak learning rate
-    batch_size: int  # images per step
-    epochs: int = 0  # passes over the training split (ignored when steps > 0)
-    steps: int = 0  # optimizer steps, the course's "iterations"; 0 = use epochs
-    schedule: str = "constant"  # constant | cosine | onecycle | step (x gamma each epoch)
-    gamma: float = 0.7  # step schedule: factor per epoch (pytorch/examples' StepLR)
-    rho: float = 0.9  # RMSProp decay (TF1's RMSPropOptimizer(lr, 0.9)) / momentum for "momentum"
-    weight_decay: float = 0.0  # decoupled (AdamW) weight decay
-    label_smoothing: float = 0.0
-    augment: bool = False  # random shifts/rotations/scaling/elastic, on the fly (augment.py)
-    clean_epochs: int = 0  # with augment: the last epochs see the images as they are, like the test set
+    The one definition of these settings: each registry entry has two (the course's and
+    mnistlab's own), and ``mnistlab train`` turns every field into a flag that overrides it."""
+
+    optimizer: str = required("optimizer", choices=OPTIMIZERS)
+    learning_rate: float = required("peak learning rate", check=(lambda v: 0 < v < 100, "a positive number below 100"))
+    batch_size: int = required("images per step", check=(lambda v: 1 <= v <= 65536, "an integer 1 .. 65536"))
+    epochs: int = option(0, "passes over the training split (ignored when --steps > 0)", check=NON_NEGATIVE)
+    steps: int = option(0, "optimizer steps, the course's iterations; 0 = use --epochs", check=NON_NEGATIVE)
+    schedule: str = option("constant", "learning-rate schedule (step: x gamma each epoch)", choices=SCHEDULES)
+    gamma: float = option(0.7, "step schedule: learning-rate factor per epoch (pytorch/examples' StepLR)",
+                          check=(lambda v: 0 < v <= 1, "a factor 0 < gamma <= 1"))
+    rho: float = option(0.9, "RMSProp decay (TF1's RMSPropOptimizer(lr, 0.9)), or the momentum of 'momentum'",
+                        check=FRACTION)
+    weight_decay: float = option(0.0, "decoupled weight decay (adamw)", check=(lambda v: 0 <= v < 1, "0 <= value < 1"))
+    label_smoothing: float = option(0.0, "label smoothing of the training targets", check=FRACTION)
+    augment: bool = option(False, "random shifts/rotations/scaling/elastic distortion, on the fly (augment.py)")
+    clean_epochs: int = option(0, "with --augment: train the last N epochs on the images as they are", check=NON_NEGATIVE)
+
+    def summary(self) -> str:
+        """One line: ``adamw 0.004 (onecycle), batch 128, 8 epochs, label smoothing 0.1``."""
+        length = f"{self.steps} steps" if self.steps else f"{self.epochs} epochs"
+        extras = [f"{name.replace('_', ' ')} {value:g}" for name, value in
+                  (("weight_decay", self.weight_decay), ("label_smoothing", self.label_smoothing)) if value]
+        if self.optimizer in ("rmsprop", "momentum"):
+            extras.insert(0, f"rho {self.rho:g}")
+        if self.schedule == "step":
+            extras.insert(0, f"gamma {self.gamma:g}")
+        if self.augment:
+            extras.append("augmented" + (f", last {self.clean_epochs} epochs clean" if self.clean_epochs else ""))
+        return ", ".join([f"{self.optimizer} {self.learning_rate:g} ({self.schedule})", f"batch {self.batch_size}",
+                          length, *extras])
 
 
 @dataclass(frozen=True)
@@ -226,13 +272,27 @@ def arch_options(name: str) -> dict[str, Any]:
     return {**{k: p.default for k, p in params.items()}, **entry.arch}
 
 
+def builder_parameters() -> dict[str, Any]:
+    """Every architecture option of every builder: name -> type annotation (the builders'
+    signatures are the one definition; ``mnistlab train`` makes a flag of each)."""
+    found: dict[str, Any] = {}
+    for builder in dict.fromkeys(entry.builder for entry in MODELS.values()):
+        for name, param in inspect.signature(builder).parameters.items():
+            # annotations are strings here (postponed evaluation); only builtins appear in them
+            found.setdefault(name, eval(param.annotation, {}) if isinstance(param.annotation, str) else param.annotation)
+    return found
+
+
 def check_options(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The model's options with ``overrides`` applied; an option it has no use for is an error."""
+    """The model's options with ``overrides`` applied and checked; an option it has no use for is an error."""
     options = arch_options(name)
     unknown = sorted(set(overrides) - set(options))
     if unknown:
         raise MnistlabError(
             f"model {name!r} has no option {', '.join(unknown)}; its options are {', '.join(options)}")
+    for key, value in overrides.items():
+        _, check, choices = ARCH_OPTIONS[key]
+        check_value(key, value, check, choices)
     return {**options, **overrides}
 
 
@@ -255,7 +315,3 @@ def recipe(name: str, course: bool = False) -> Recipe:
     """The course's or mnistlab's training settings for ``name``."""
     entry = spec(name)
     return entry.course if course else entry.default
-
-
-def recipe_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(Recipe))

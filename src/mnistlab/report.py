@@ -18,13 +18,8 @@ import numpy as np
 
 from mnistlab import __version__, fileio, plots
 from mnistlab.errors import MnistlabError
-from mnistlab.runs import (
-    METRICS_FILE,
-    Run,
-)
-
-PLOTS_DIR = "plots"  # inside the run folder: default home of `mnistlab plot` output
-REPORT_FILE = "report.html"
+from mnistlab.evaluate import format_rate, precision_recall
+from mnistlab.runs import METRICS_FILE, Run
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,7 @@ def draw(run: Run, kind: str, out: str | Path | None = None, *, index: int | Non
 
 
 def _out(run: Run, out: str | Path | None, default_name: str) -> Path:
-    return Path(out) if out else run.folder / PLOTS_DIR / default_name
+    return Path(out) if out else run.files.plots / default_name
 
 
 def _check_grid(run: Run, index: int, count: int) -> None:
@@ -201,15 +196,10 @@ def _img(path: Path, alt: str) -> str:
 
 def _per_class_table(matrix: np.ndarray, class_names: Sequence[str]) -> str:
     """Precision, recall and count per class from a confusion matrix."""
-    diag = np.diag(matrix).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision, recall = diag / matrix.sum(axis=0), diag / matrix.sum(axis=1)
+    precision, recall = precision_recall(matrix)
     head = "<tr><th>class</th><th>precision</th><th>recall</th><th>test images</th></tr>"
-    def number(x: float) -> str:  # a class never predicted has no precision
-        return "–" if np.isnan(x) else f"{x:.4f}"
-
-    body = "".join(f"<tr><th>{html.escape(name)}</th><td class=\"num\">{number(p)}</td>"
-                   f"<td class=\"num\">{number(r)}</td><td class=\"num\">{int(n)}</td></tr>"
+    body = "".join(f"<tr><th>{html.escape(name)}</th><td class=\"num\">{format_rate(p)}</td>"
+                   f"<td class=\"num\">{format_rate(r)}</td><td class=\"num\">{int(n)}</td></tr>"
                    for name, p, r, n in zip(class_names, precision, recall, matrix.sum(axis=1)))
     return f"<table>{head}{body}</table>"
 
@@ -218,7 +208,7 @@ def write_report(run: Run, out: str | Path | None = None, index: int = 0) -> Pat
     """Write one self-contained HTML page (PNGs embedded as base64) about ``run``: config,
     metrics, confusion matrix, curves, samples, errors, filters, feature maps of test image
     ``index``, weights. Returns its path (default ``RUN/report.html``)."""
-    out = Path(out) if out else run.folder / REPORT_FILE
+    out = Path(out) if out else run.files.report_file
     run.check_index(index)
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, html)
     with tempfile.TemporaryDirectory(prefix="mnistlab-report-") as tmp:

@@ -1,30 +1,294 @@
-"""A run folder written by ``mnistlab train``: its files, model, test data and predictions.
+"""A run folder written by ``mnistlab train``: the one module that knows its layout.
 
-``Run`` loads what a caller needs only when first asked (model, test split, predictions), and
-knows the model's conv layers as the course numbers them: layer 1 is the first Conv2D. A layer's
-feature maps are the output of its *block*: the Conv2D and the batch-norm, activation and pooling
-layers right after it, so S4's layer 1 gives 16 maps at 14 x 14.
+``RunFolder`` names every file and reads and writes them (config, per-epoch history, metrics,
+timings, per-split evaluations, checkpoints); ``load_predictor`` opens a run folder (or any model
+file ``inference`` accepts) for prediction; ``Run`` loads what a picture or the report needs
+only when first asked (model, test split, predictions), and knows the model's conv layers as the
+course numbers them: layer 1 is the first Conv2D. A layer's feature maps are the output of its
+*block*: the Conv2D and the batch-norm, activation and pooling layers right after it, so S4's
+layer 1 gives 16 maps at 14 x 14.
+
+The layout::
+
+    config.json       the resolved settings (model, arch, recipe, train, data) and library versions
+    history.csv       one row per epoch: losses, accuracies, learning rate (same seed => same bytes)
+    metrics.json      test metrics of the final model (same seed => same bytes)
+    timing.json       seconds per epoch and in all (machine-dependent, so kept apart)
+    model.keras       the final model; model.tflite beside it where written
+    checkpoints/      epoch-N (the last few), best, and interrupted (a Ctrl-C mid-epoch)
+    tensorboard/      train/ and validation/ event files
+    evaluation-SPLIT.json, misclassified-SPLIT.csv   written by ``mnistlab evaluate``
+    plots/, report.html                              written by ``mnistlab plot`` / ``report``
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import io
+import os
+import shutil
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mnistlab import fileio, plots
+from mnistlab import fileio
 from mnistlab.config import from_json
-from mnistlab.data import IMAGE_SIDE
 from mnistlab.errors import MnistlabError
+from mnistlab.inference import (INPUT_SHAPE, KERAS_FILE, TFLITE_FILE, Predictor, load_keras, load_model_file,
+                                predict_logits, softmax)
 
 CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
+MODEL_FILE = KERAS_FILE
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
-EVALUATION_FILE = "evaluation.json"
+TIMING_FILE = "timing.json"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+PLOTS_DIR = "plots"
+REPORT_FILE = "report.html"
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
+INTERRUPTED = "interrupted"  # checkpoint name of a Ctrl-C mid-epoch; removed at the next epoch's end
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one run folder, by name; reading and writing them (writes are atomic)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    # ------------------------------------------------------------------ names
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def tflite_file(self) -> Path:
+        return self.path / TFLITE_FILE
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def timing_file(self) -> Path:
+        return self.path / TIMING_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS_DIR
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
+
+    def evaluation_file(self, split: str) -> Path:
+        return self.path / f"evaluation-{split}.json"
+
+    def misclassified_file(self, split: str) -> Path:
+        return self.path / f"misclassified-{split}.csv"
+
+    # ------------------------------------------------------------------ state
+    def is_run(self) -> bool:
+        return self.config_file.is_file()
+
+    def check_writable(self, flag: str = "--out") -> None:
+        """A clear error unless the folder can be created and written (before any work)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MnistlabError(f"{flag} {self.path}: is a file; expected a folder (new, or a run to resume)")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with fileio.atomic_path(self.path / ".write-test") as tmp:
+                tmp.write_bytes(b"")
+            (self.path / ".write-test").unlink()
+        except OSError as exc:
+            raise MnistlabError(f"{flag} {self.path}: cannot write there ({exc.strerror or exc}); "
+                                f"choose a folder you can write to") from None
+
+    # ------------------------------------------------------------------ files
+    def read_config(self) -> dict[str, Any]:
+        """``config.json``, or a clear error if this is not a run folder."""
+        if not self.path.is_dir():
+            raise MnistlabError(f"{self.path}: no such run folder; expected one written by `mnistlab train`")
+        return fileio.read_json(self.config_file, required=True)  # type: ignore[return-value]
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        fileio.write_json(self.config_file, config)
+
+    def read_history(self) -> list[dict[str, float]]:
+        """Rows of ``history.csv`` (``epoch`` as int, the rest floats); [] when there is none."""
+        if not self.history_file.is_file():
+            return []
+        with self.history_file.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("epoch", "train_loss", "train_accuracy") if c not in (reader.fieldnames or ())]
+            if missing:
+                raise MnistlabError(f"{self.history_file}: no column {', '.join(missing)}; "
+                                    f"expected {','.join(HISTORY_FIELDS)}")
+            try:
+                return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if k is not None}
+                        for row in reader]
+            except (TypeError, ValueError) as exc:
+                raise MnistlabError(f"{self.history_file}: not numbers ({exc}); expected one row per epoch") from None
+
+    def write_history(self, rows: Sequence[dict[str, float]]) -> None:
+        """``history.csv``, numbers written with ``repr`` so a resumed run matches byte for byte."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(HISTORY_FIELDS)
+        for row in rows:
+            writer.writerow([int(row["epoch"]) if k == "epoch" else repr(float(row[k])) for k in HISTORY_FIELDS])
+        fileio.write_text(self.history_file, out.getvalue())
+
+    def read_metrics(self) -> dict[str, Any]:
+        return fileio.read_json(self.metrics_file) or {}
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        fileio.write_json(self.metrics_file, metrics)
+
+    def read_timing(self) -> dict[str, Any]:
+        return fileio.read_json(self.timing_file) or {}
+
+    def write_timing(self, timing: dict[str, Any]) -> None:
+        fileio.write_json(self.timing_file, timing)
+
+    def model_digest(self) -> str | None:
+        """SHA-256 of ``model.keras``: which model an evaluation was made with."""
+        if not self.model_file.is_file():
+            return None
+        return hashlib.sha256(self.model_file.read_bytes()).hexdigest()
+
+    def read_evaluation(self, split: str) -> dict[str, Any] | None:
+        """``evaluation-SPLIT.json`` if it was made with the current ``model.keras``, else None."""
+        value = fileio.read_json(self.evaluation_file(split))
+        if not value or value.get("model_sha256") != self.model_digest():
+            return None
+        return value
+
+    def write_evaluation(self, split: str, evaluation: dict[str, Any]) -> None:
+        fileio.write_json(self.evaluation_file(split), evaluation)
+
+    def write_misclassified(self, split: str, text: str) -> None:
+        fileio.write_text(self.misclassified_file(split), text)
+
+    def write_model(self, model: Any) -> None:
+        """``model.keras``, atomically (a killed save leaves no temp file behind for long:
+        stale ``.model.keras.*`` files of earlier kills are removed first)."""
+        for stale in self.path.glob(f".{MODEL_FILE}.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        with fileio.atomic_path(self.model_file, suffix=".keras") as tmp:
+            model.save(tmp)
+
+    def remove_training_outputs(self) -> None:
+        """Forget a run that produced nothing to resume (it diverged before its first checkpoint)."""
+        for name in (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, TIMING_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+        shutil.rmtree(self.tensorboard, ignore_errors=True)
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+class Checkpoints:
+    """The training checkpoints of a run folder: ``epoch-N`` after each epoch (the last
+    ``keep`` of them), ``best`` (best validation accuracy) and ``interrupted`` (the exact
+    position of a Ctrl-C mid-epoch). ``trackables`` must be the complete training state."""
+
+    def __init__(self, folder: RunFolder, trackables: dict[str, Any], keep: int) -> None:
+        import tensorflow as tf
+
+        self._dir = folder.checkpoints
+        self._checkpoint = tf.train.Checkpoint(**trackables)
+        self._manager = tf.train.CheckpointManager(self._checkpoint, str(self._dir), max_to_keep=keep,
+                                                   checkpoint_name="epoch")
+
+    @property
+    def interrupted(self) -> Path:
+        return self._dir / INTERRUPTED
+
+    def latest(self) -> str | None:
+        """The checkpoint to resume from: ``interrupted`` when present (it is newer than any
+        epoch checkpoint: the next epoch's end removes it), else the last epoch's."""
+        if Path(f"{self.interrupted}.index").is_file():
+            return str(self.interrupted)
+        return self._manager.latest_checkpoint
+
+    def restore(self, path: str) -> None:
+        self._guard(lambda: self._checkpoint.restore(path).assert_existing_objects_matched(), path)
+
+    def save_epoch(self, epoch: int) -> str:
+        """Save after epoch ``epoch`` (as ``epoch-N``) and drop an ``interrupted`` one."""
+        path = self._guard(lambda: self._manager.save(checkpoint_number=epoch), f"{self._dir}/epoch-{epoch}")
+        for stale in self._dir.glob(f"{INTERRUPTED}.*"):
+            stale.unlink()
+        return path
+
+    def save_interrupted(self) -> str:
+        return self._guard(lambda: self._checkpoint.write(str(self.interrupted)), str(self.interrupted))
+
+    def save_best(self) -> str:
+        return self._guard(lambda: self._checkpoint.write(str(self._dir / "best")), str(self._dir / "best"))
+
+    def _guard(self, action: Any, path: str) -> Any:
+        """Run a save or restore; OS errors (disk full, read-only) become one clear line, and a
+        half-written ``*_temp`` folder is removed."""
+        import tensorflow as tf
+
+        try:
+            return action()
+        except (OSError, tf.errors.OpError) as exc:
+            for temp in self._dir.glob("*_temp*"):
+                shutil.rmtree(temp, ignore_errors=True)
+            first = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0][:200]
+            raise MnistlabError(f"{path}: checkpoint failed ({first}); free some disk space or check "
+                                f"the folder's permissions") from None
+
+
+# ---------------------------------------------------------------------------- opening for prediction
+def load_predictor(path: str | os.PathLike) -> Predictor:
+    """A Predictor for a run folder (name, metrics from the run's own files) or for any model
+    file or export folder ``inference.load_model_file`` takes."""
+    path = Path(path)
+    folder = RunFolder(path if path.is_dir() else path.parent)
+    if folder.is_run() and (path.is_dir() or path.name == MODEL_FILE):
+        config = folder.read_config()
+        if not folder.model_file.is_file():
+            raise MnistlabError(f"{folder.path}: no {MODEL_FILE}; expected a finished `mnistlab train --out` folder")
+        return load_model_file(folder.model_file, name=str(config.get("model") or folder.path.name),
+                               metrics=folder.read_metrics())
+    return load_model_file(path)
+
+
+def load_model(run_dir: str | os.PathLike) -> Any:
+    """The ``model.keras`` of a run folder, loaded with Keras' ``safe_mode`` (no code from the file)."""
+    folder = RunFolder(Path(run_dir))
+    if not folder.model_file.is_file():
+        raise MnistlabError(f"{run_dir}: no {MODEL_FILE}; expected a finished `mnistlab train --out` folder")
+    return load_keras(folder.model_file)
 
 
 class Run:
@@ -35,10 +299,9 @@ class Run:
     """
 
     def __init__(self, folder: str | Path, test: Any = None, class_names: Sequence[str] | None = None) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise MnistlabError(f"{self.folder}: no such run folder; expected one written by `mnistlab train`")
-        self.config: dict = fileio.read_json(self.folder / CONFIG_FILE, required=True)  # type: ignore[assignment]
+        self.files = RunFolder(Path(folder))
+        self.folder = self.files.path
+        self.config = self.files.read_config()
         if test is not None:
             self.__dict__["test"] = test  # fills the cached_property
         if class_names is not None:
@@ -75,45 +338,32 @@ class Run:
     @cached_property
     def model(self):
         """``model.keras``, loaded with Keras' ``safe_mode``."""
-        from mnistlab import evaluate
-
-        return evaluate.load_model(self.folder)
+        return load_model(self.folder)
 
     @cached_property
     def metrics(self) -> dict:
-        return fileio.read_json(self.folder / METRICS_FILE) or {}
+        return self.files.read_metrics()
+
+    @cached_property
+    def timing(self) -> dict:
+        return self.files.read_timing()
 
     @cached_property
     def evaluation(self) -> dict | None:
-        """``evaluation.json`` if it is about the test split and newer than the model, else None."""
-        path, model = self.folder / EVALUATION_FILE, self.folder / MODEL_FILE
-        value = fileio.read_json(path)
-        if not value or value.get("split") != "test":
-            return None
-        if model.is_file() and path.stat().st_mtime < model.stat().st_mtime:
-            return None  # written for an earlier model in this folder
-        return value
+        """``evaluation-test.json`` if it was made with the current model, else None."""
+        return self.files.read_evaluation("test")
 
-    def history(self) -> list[dict[str, str]]:
-        """Rows of ``history.csv`` (one per epoch), keyed by ``plots.HISTORY_COLUMNS``."""
-        path = self.folder / HISTORY_FILE
-        if not path.is_file():
-            raise MnistlabError(f"{path}: missing; curves need the per-epoch history `mnistlab train` writes")
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            missing = [c for c in ("epoch", "train_loss", "train_accuracy") if c not in (reader.fieldnames or ())]
-        if missing:
-            raise MnistlabError(f"{path}: no column {', '.join(missing)}; expected {','.join(plots.HISTORY_COLUMNS)}")
+    def history(self) -> list[dict[str, float]]:
+        """Rows of ``history.csv`` (one per epoch); a clear error when there are none."""
+        rows = self.files.read_history()
         if not rows:
-            raise MnistlabError(f"{path}: no epochs; expected one row per epoch")
+            raise MnistlabError(f"{self.files.history_file}: missing or empty; curves need the per-epoch "
+                                f"history `mnistlab train` writes")
         return rows
 
     # ------------------------------------------------------------------ predictions
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, 10)`` (softmax of the model's logits)."""
-        from mnistlab.evaluate import predict_logits, softmax
-
         return softmax(predict_logits(self.model, images))
 
     @cached_property
@@ -208,7 +458,7 @@ class Run:
         weighted = [layer for layer in self.model.layers if layer.weights]
         if len(weighted) == 1 and isinstance(weighted[0], keras.layers.Dense):
             kernel = keras.ops.convert_to_numpy(weighted[0].kernel)
-            if kernel.shape == (IMAGE_SIDE * IMAGE_SIDE, len(self.class_names)):
+            if kernel.shape == (INPUT_SHAPE[0] * INPUT_SHAPE[1], len(self.class_names)):
                 return kernel
         return None
 

@@ -40,7 +40,9 @@ import numpy as np
 from mnistlab import preprocess
 from mnistlab.config import option
 from mnistlab.errors import MnistlabError
-from mnistlab.predict import NUM_CLASSES, Predictor, load_predictor, softmax, top_k
+from mnistlab.inference import NUM_CLASSES, Predictor, softmax
+from mnistlab.predict import top_k
+from mnistlab.runs import load_predictor
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/x-ms-bmp", "image/webp",
                "image/tiff", "application/octet-stream")

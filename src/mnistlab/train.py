@@ -1,118 +1,228 @@
-"""Training: a compiled custom loop with per-epoch validation, checkpoints, TensorBoard and resume.
+"""Training: a compiled custom loop with per-epoch validation, checkpoints, TensorBoard and exact resume.
 
-The step is a ``tf.function`` that runs a whole chunk of mini-batches in one graph call
-(``tf.range`` loop over a per-epoch permutation, images gathered from tensors held in memory),
-so there is no per-step Python overhead; ``benchmarks/bench_train_step.py`` compares it with
-``Model.fit`` and XLA. A run folder holds everything needed to inspect, evaluate or resume it.
+The pieces, in the order ``train`` uses them:
+
+- ``resolve_settings`` / ``settings_to_resume``: what to train (model, architecture, recipe,
+  data), checked before any work; a resumed run refuses settings it would otherwise ignore;
+- ``plan_chunks``: a pure function cutting an epoch's steps into compiled calls;
+- ``TrainingState``: every variable that continues a run (model, optimizer, position in the
+  epoch, the epoch's running sums) -- a checkpoint of it is the complete state of training.
+  Randomness is not state: the augmentation and dropout seeds of each step are derived from
+  ``(seed, optimizer step)`` with stateless ops, so an interrupted and resumed run takes exactly
+  the steps of a straight one;
+- ``compile_chunk``: the ``tf.function`` that runs a chunk of mini-batches in one graph call
+  (``tf.range`` loop over the epoch's permutation, images gathered from tensors in memory), so
+  there is no per-step Python overhead (``benchmarks/bench_train_step.py``);
+- ``run_epoch``: one epoch's chunks, stopping early at a chunk boundary on Ctrl-C;
+- ``Summaries``: TensorBoard scalars, weight histograms and the graph.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import math
-import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mnistlab import fileio, models
-from mnistlab.config import from_json, option
+from mnistlab import models, runtime
+from mnistlab.config import SEED, from_json, option, show, validate
 from mnistlab.data import DataConfig, Dataset
 from mnistlab.errors import MnistlabError
-from mnistlab.models import Recipe
+from mnistlab.models import OPTIMIZERS, SCHEDULES, Recipe
+from mnistlab.runs import Checkpoints, RunFolder
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adadelta")
-SCHEDULES = ("constant", "cosine", "onecycle", "step")
-HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds", "learning_rate")
 CHUNK_STEPS = 50  # mini-batches per compiled call: amortises Python overhead, keeps Ctrl-C responsive
+AUGMENT_STREAM, DROPOUT_STREAM = 1, 100  # fold_in salts: one random stream per use, per step
+RESUMABLE = ("progress", "tensorboard", "keep_checkpoints")  # TrainConfig fields a resumed run may change
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "resolve_recipe", "plan_chunks",
+           "learning_rate_at", "OPTIMIZERS", "SCHEDULES"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What to train and how; recipe fields left at None come from the model's registry entry."""
+    """How to run a training; *what* to train is the model's ``Recipe`` with the user's overrides."""
 
-    course: bool = option(False, "use the course's training settings instead of mnistlab's")
-    seed: int = option(0, "random seed: same seed, same weights and numbers on the same machine")
-    optimizer: str | None = option(None, "optimizer", choices=OPTIMIZERS)
-    learning_rate: float | None = option(None, "peak learning rate")
-    batch_size: int | None = option(None, "images per step")
-    epochs: int | None = option(None, "passes over the training split")
-    steps: int | None = option(None, "optimizer steps (the course's iterations); overrides --epochs")
-    schedule: str | None = option(None, "learning-rate schedule", choices=SCHEDULES)
-    gamma: float | None = option(None, "step schedule: learning-rate factor per epoch (StepLR)")
-    weight_decay: float | None = option(None, "decoupled weight decay (adamw)")
-    label_smoothing: float | None = option(None, "label smoothing in [0, 1)")
-    augment: bool | None = option(None, "random shifts/rotations/scaling/elastic distortion on the fly")
-    clean_epochs: int | None = option(None, "with --augment: train the last N epochs on unaugmented images")
-    jit_compile: bool = option(False, "compile the step with XLA (slower on CPU; not bit-reproducible)")
+    course: bool = option(False, "start from the course's recipe instead of mnistlab's")
+    seed: int = option(0, "random seed: same seed, same weights and numbers on the same machine", check=SEED)
+    jit_compile: bool = option(False, "compile the training step with XLA (slower than oneDNN on the CPUs "
+                                      "measured, see README; not bit-reproducible)")
     tensorboard: bool = option(True, "write TensorBoard logs (scalars, weight histograms, graph)")
     progress: bool = option(True, "show a progress bar per epoch (only on a terminal)")
-    keep_checkpoints: int = option(2, "per-epoch checkpoints to keep (the best one is kept apart)")
+    keep_checkpoints: int = option(2, "per-epoch checkpoints to keep (the best one is kept apart)",
+                                   check=(lambda v: 1 <= v <= 1000, "an integer 1 .. 1000"))
 
 
 @dataclass(frozen=True)
-class ArchConfig:
-    """Architecture overrides (the course's exercises); None keeps the model's own value."""
+class Settings:
+    """Everything that decides a run's trajectory, as ``config.json`` records it."""
 
-    hidden: tuple[int, ...] | None = option(None, "MLP hidden layer widths, e.g. 625,625 ('' = none)")
-    filters: tuple[int, ...] | None = option(None, "conv filters per layer, e.g. 16,36 (more = extra conv layers)")
-    convs: tuple[int, ...] | None = option(None, "convolutions per stage (one filters entry), e.g. 2 or 1,2,2")
-    kernel_size: int | None = option(None, "conv kernel size")
-    fc_units: tuple[int, ...] | None = option(None, "CNN fully-connected widths, e.g. 128 or 1024,256")
-    activation: str | None = option(None, "activation", choices=models.ACTIVATIONS)
-    pooling: str | None = option(None, "downsampling: max, avg, stride (stride-2 conv) or none",
-                                 choices=models.POOLINGS)
-    act_after_pool: bool | None = option(None, "apply the activation after pooling (S4's order)")
-    dropout: float | None = option(None, "dropout rate after hidden/fc layers (1 - keep_prob)")
-    input_dropout: float | None = option(None, "MLP dropout rate on the input")
-    conv_dropout: float | None = option(None, "dropout rate after each conv block")
-    batchnorm: bool | None = option(None, "batch normalisation after each convolution")
-    init: str | None = option(None, "weight initialisation (random_normal = TF1's N(0,1), shows why it hurts)",
-                              choices=models.INITS)
+    model: str
+    arch: dict[str, Any]  # the builder's full keyword arguments
+    recipe: Recipe
+    train: TrainConfig
+    data: DataConfig
 
-    def overrides(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in self.arch.items()},
+                "recipe": dataclasses.asdict(self.recipe), "train": dataclasses.asdict(self.train),
+                "data": dataclasses.asdict(self.data), "versions": _versions()}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any], where: Path) -> "Settings":
+        try:
+            return cls(str(saved["model"]), {k: tuple(v) if isinstance(v, list) else v for k, v in saved["arch"].items()},
+                       from_json(Recipe, saved["recipe"]), from_json(TrainConfig, saved["train"]),
+                       from_json(DataConfig, saved["data"]))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise MnistlabError(f"{where}: not a config.json written by this mnistlab ({exc}); "
+                                f"expected model, arch, recipe, train and data") from None
 
 
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
     history: list[dict[str, float]]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # same seed => same values
+    timing: dict[str, Any]  # seconds: machine-dependent
 
 
 class TrainingDiverged(MnistlabError):
     """The loss became NaN or infinite."""
 
 
-def resolve_recipe(model: str, config: TrainConfig) -> Recipe:
-    """The model's course or own recipe with the user's overrides applied and checked."""
-    base = models.recipe(model, course=config.course)
-    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(Recipe)
-             if getattr(config, f.name, None) is not None}
-    if given.get("epochs") and "steps" not in given:
-        given["steps"] = 0  # an explicit --epochs replaces the recipe's step count
-    recipe = dataclasses.replace(base, **given)
-    checks = [
-        (recipe.learning_rate > 0, f"--learning-rate {recipe.learning_rate}: expected a positive number"),
-        (recipe.batch_size >= 1, f"--batch-size {recipe.batch_size}: expected a positive integer"),
-        (recipe.epochs >= 1 or recipe.steps >= 1, "--epochs/--steps: expected a positive number of epochs or steps"),
-        (recipe.steps >= 0 and recipe.epochs >= 0, "--epochs/--steps: expected non-negative values"),
-        (0 <= recipe.label_smoothing < 1, f"--label-smoothing {recipe.label_smoothing}: expected 0 <= value < 1"),
-        (recipe.weight_decay >= 0, f"--weight-decay {recipe.weight_decay}: expected >= 0"),
-        (recipe.clean_epochs >= 0, f"--clean-epochs {recipe.clean_epochs}: expected >= 0"),
-        (recipe.optimizer in OPTIMIZERS, f"--optimizer {recipe.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
-        (recipe.schedule in SCHEDULES, f"--schedule {recipe.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise MnistlabError(message)
+# ---------------------------------------------------------------------------- settings
+def resolve_recipe(model: str, course: bool = False, overrides: dict[str, Any] | None = None) -> Recipe:
+    """The model's course or own recipe with the user's ``overrides`` (Recipe fields) applied and checked."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Recipe)})
+    if unknown:
+        raise MnistlabError(f"unknown recipe setting {', '.join(unknown)}")
+    if overrides.get("epochs") and "steps" not in overrides:
+        overrides["steps"] = 0  # an explicit --epochs replaces the recipe's step count
+    recipe = validate(dataclasses.replace(models.recipe(model, course=course), **overrides))
+    if recipe.epochs < 1 and recipe.steps < 1:
+        raise MnistlabError(f"--epochs {recipe.epochs} / --steps {recipe.steps}: expected at least one epoch or step")
     return recipe
+
+
+def resolve_settings(model: str, config: TrainConfig = TrainConfig(), recipe: dict[str, Any] | None = None,
+                     arch: dict[str, Any] | None = None, data: DataConfig = DataConfig()) -> Settings:
+    """The settings of a new run, every value checked (before any data is loaded)."""
+    models.spec(model)
+    return Settings(model, models.check_options(model, dict(arch or {})),
+                    resolve_recipe(model, config.course, recipe), validate(config), validate(data))
+
+
+def settings_to_resume(folder: RunFolder, model: str | None = None, config: dict[str, Any] | None = None,
+                       recipe: dict[str, Any] | None = None, arch: dict[str, Any] | None = None,
+                       data: dict[str, Any] | None = None) -> Settings:
+    """The saved settings of the run in ``folder``, with the changes the caller asks for (dicts of
+    ``TrainConfig``, ``Recipe``, builder and ``DataConfig`` fields). Only ``RESUMABLE`` fields and
+    where the data lives may change, so a resumed run is the run that was started: no flag is
+    silently ignored, no other data set is used."""
+    saved = Settings.from_json(folder.read_config(), folder.config_file)
+    problems = []
+    if model is not None and model != saved.model:
+        problems.append(f"it holds a {saved.model!r} run, not {model!r}")
+    problems += [f"--{k.replace('_', '-')} {show(v)} (the run's recipe has {show(getattr(saved.recipe, k, None))})"
+                 for k, v in (recipe or {}).items() if v != getattr(saved.recipe, k, None)]
+    problems += [f"--{k.replace('_', '-')} {show(v)} (the run's model has {show(saved.arch.get(k))})"
+                 for k, v in (arch or {}).items() if v != saved.arch.get(k)]
+    config, data = dict(config or {}), dict(data or {})
+    problems += [f"--{k.replace('_', '-')} {v} (the run has {getattr(saved.train, k)})" for k, v in config.items()
+                 if k not in RESUMABLE and v != getattr(saved.train, k)]
+    problems += [f"--{k.replace('_', '-')} {v} (the run used {getattr(saved.data, k)})" for k, v in data.items()
+                 if k in ("dataset", "validation_size") and v != getattr(saved.data, k)]
+    if problems:
+        raise MnistlabError(f"--resume {folder.path}: refused, " + "; ".join(problems)
+                            + ". Resume without them, or start a new run with another --out")
+    train_config = dataclasses.replace(saved.train, **{k: v for k, v in config.items() if k in RESUMABLE})
+    data_config = dataclasses.replace(saved.data, **{k: v for k, v in data.items() if k not in ("dataset", "validation_size")})
+    return dataclasses.replace(saved, train=validate(train_config), data=validate(data_config))
+
+
+def changes(value: Any, default: Any) -> dict[str, Any]:
+    """The fields of dataclass ``value`` that differ from ``default``."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+            if getattr(value, f.name) != getattr(default, f.name)}
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    from mnistlab import __version__
+    return {"mnistlab": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": sys.version.split()[0]}
+
+
+# ---------------------------------------------------------------------------- schedule and plan
+@dataclass(frozen=True)
+class Plan:
+    """How many steps: per epoch, in all, and the epochs they make."""
+
+    n_train: int
+    batch_size: int
+    total_steps: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of epoch ``epoch`` (0-based): all of them, except perhaps in the last with ``--steps``."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    @classmethod
+    def of(cls, recipe: Recipe, n_train: int) -> "Plan":
+        steps = recipe.steps or recipe.epochs * math.ceil(n_train / recipe.batch_size)
+        return cls(n_train, recipe.batch_size, steps)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One compiled call: ``steps`` mini-batches of ``batch`` images from step ``first`` of the epoch."""
+
+    first: int
+    steps: int
+    batch: int
+
+
+def plan_chunks(n_train: int, batch_size: int, start: int, stop: int, chunk_steps: int = CHUNK_STEPS) -> list[Chunk]:
+    """Cut steps ``start`` .. ``stop - 1`` of an epoch into compiled calls of at most ``chunk_steps``
+    full batches each; a last, smaller batch (``n_train`` not a multiple of ``batch_size``) runs alone.
+
+    >>> plan_chunks(250, 100, 0, 3)
+    [Chunk(first=0, steps=2, batch=100), Chunk(first=2, steps=1, batch=50)]
+    """
+    full = n_train // batch_size  # steps with a whole batch
+    chunks, step = [], start
+    while step < stop:
+        if step < full:
+            count = min(chunk_steps, stop - step, full - step)
+            chunks.append(Chunk(step, count, batch_size))
+        else:
+            count = 1
+            chunks.append(Chunk(step, 1, n_train - full * batch_size))
+        step += count
+    return chunks
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The sample order of ``epoch``: a permutation drawn from ``(seed, epoch)`` alone."""
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
 
 
 def learning_rate_at(step: Any, recipe: Recipe, total_steps: int, steps_per_epoch: int) -> Any:
@@ -138,13 +248,13 @@ def learning_rate_at(step: Any, recipe: Recipe, total_steps: int, steps_per_epoc
     return peak * tf.ones_like(t)
 
 
-def make_optimizer(recipe: Recipe, total_steps: int, steps_per_epoch: int):
+def make_optimizer(recipe: Recipe, plan: Plan) -> Any:
     """Keras optimizer for ``recipe`` with its schedule attached."""
     import keras
 
     class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):
-            return learning_rate_at(step, recipe, total_steps, steps_per_epoch)
+            return learning_rate_at(step, recipe, plan.total_steps, plan.steps_per_epoch)
 
         def get_config(self):
             return {}
@@ -164,137 +274,71 @@ def make_optimizer(recipe: Recipe, total_steps: int, steps_per_epoch: int):
     return keras.optimizers.Adadelta(lr, rho=0.9, epsilon=1e-6)  # pytorch/examples' Adadelta
 
 
-def configure_tensorflow(seed: int, threads: int | None = None, deterministic: bool = True) -> None:
-    """Seed every RNG, make ops deterministic, and size the thread pools for small machines.
+# ---------------------------------------------------------------------------- state and step
+class TrainingState:
+    """The complete state of a training run, as TensorFlow variables (one checkpoint holds it all)."""
 
-    XLA has no deterministic max-pool gradient, so ``--jit-compile`` runs skip op determinism
-    (seeded, but not bit-reproducible)."""
-    import keras
+    def __init__(self, model: Any, optimizer: Any) -> None:
+        import tensorflow as tf
+
+        self.model, self.optimizer = model, optimizer
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # epochs finished
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # this epoch: plain cross-entropy
+        self.correct = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.seen = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.finite = tf.Variable(True, trainable=False)  # not saved: a diverged run is never checkpointed
+
+    def trackables(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch, "loss_sum": self.loss_sum, "correct": self.correct,
+                "seen": self.seen}
+
+    def start_epoch(self) -> None:
+        for v in (self.step_in_epoch, self.loss_sum, self.correct, self.seen):
+            v.assign(0 if v.dtype.is_integer else 0.0)
+
+    def train_metrics(self) -> tuple[float, float]:
+        """Mean plain cross-entropy and accuracy of the epoch's training batches so far."""
+        seen = max(int(self.seen.numpy()), 1)
+        return float(self.loss_sum.numpy() / seen), float(self.correct.numpy() / seen)
+
+
+def seed_generators(model: Any) -> list[Any]:
+    """The state variables of the model's random layers (Dropout), in layer order."""
+    return [layer.seed_generator.state for layer in model.layers if getattr(layer, "seed_generator", None)]
+
+
+def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, jit_compile: bool = False) -> Callable:
+    """The compiled chunk: ``chunk(x_all, y_all, order, start, n_steps, batch, augmenting)`` runs
+    ``n_steps`` optimizer steps on batches ``order[start + i * batch : ...]``.
+
+    The optimized loss is softmax cross-entropy with label smoothing; the loss *reported* (summed
+    into ``state.loss_sum``) is plain cross-entropy, the same quantity as the validation loss.
+    Each step's random streams come from ``fold_in((seed, 0), optimizer step)``."""
     import tensorflow as tf
 
-    threads = threads or len(os.sched_getaffinity(0))
-    try:  # only possible before TensorFlow's runtime starts; later calls keep the first setting
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(2)
-    except RuntimeError:
-        pass
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
-    lines = [",".join(HISTORY_FIELDS)]
-    lines += [",".join(f"{row[k]:.6g}" if k != "epoch" else str(int(row[k])) for k in HISTORY_FIELDS) for row in rows]
-    fileio.write_text(path, "\n".join(lines) + "\n")
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """Rows of ``history.csv`` as dicts of floats (``epoch`` as int)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-
-    from mnistlab import __version__
-    return {"mnistlab": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "python": sys.version.split()[0]}
-
-
-def run_config(model: str, arch: dict[str, Any], recipe: Recipe, config: TrainConfig,
-               data_config: DataConfig) -> dict[str, Any]:
-    """The resolved configuration saved as ``config.json`` in the run folder."""
-    return {"model": model, "arch": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()},
-            "recipe": dataclasses.asdict(recipe), "train": dataclasses.asdict(config),
-            "data": dataclasses.asdict(data_config), "versions": _versions()}
-
-
-def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), transient=True,
-                    disable=not (enabled and sys.stderr.isatty()))
-
-
-def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
-          arch: ArchConfig = ArchConfig(), data_config: DataConfig = DataConfig(), resume: bool = False,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``model_name`` on ``data.train``, validating each epoch on ``data.validation``.
-
-    Writes into ``out``: config.json, history.csv, checkpoints/ (last ``keep_checkpoints`` epochs
-    plus ``best``), tensorboard/, model.keras (the final model) and metrics.json (test metrics).
-    Ctrl-C saves a checkpoint first; ``resume=True`` continues from the latest one.
-    """
-    import tensorflow as tf
-
-    from mnistlab.evaluate import evaluate_split
-    from mnistlab.predict import compile_inference
-
-    run_dir = Path(out)
-    if resume:
-        saved = load_run_config(run_dir)
-        if saved["model"] != model_name:
-            raise MnistlabError(f"--resume: {run_dir} holds a {saved['model']!r} run, not {model_name!r}")
-        config = TrainConfig(**saved["train"])
-        arch = from_json(ArchConfig, saved["arch"])
-    elif (run_dir / "config.json").exists():
-        raise MnistlabError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new folder")
-    recipe = resolve_recipe(model_name, config)
-    configure_tensorflow(config.seed, deterministic=not config.jit_compile)
-    model = models.build(model_name, **arch.overrides())
-    full_arch = {**models.arch_options(model_name), **arch.overrides()}
-
-    n_train = len(data.train)
-    if n_train == 0:
-        raise MnistlabError("training split is empty; expected at least one image")
-    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
-    total_steps = recipe.steps or recipe.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = make_optimizer(recipe, total_steps, steps_per_epoch)
-    optimizer.build(model.trainable_variables)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-    manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=config.keep_checkpoints)
-    history: list[dict[str, float]] = []
-    if resume:
-        if not manager.latest_checkpoint:
-            raise MnistlabError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        history = read_history(run_dir / "history.csv")[: int(epoch_var.numpy())]
-        log(f"resumed from {manager.latest_checkpoint} after epoch {int(epoch_var.numpy())}")
-    else:
-        fileio.write_json(run_dir / "config.json", run_config(model_name, full_arch, recipe, config, data_config))
-
-    x_train = tf.constant(data.train.images)
-    y_train = tf.constant(data.train.labels.astype(np.int32))
+    model, optimizer = state.model, state.optimizer
+    params = model.trainable_variables
+    dropout_states = seed_generators(model)
+    smoothing = recipe.label_smoothing
+    base_seed = tf.constant([seed, 0], tf.int64)
     augment = None
     if recipe.augment:
-        from mnistlab.augment import augment_batch
-        augment = augment_batch
-    smoothing = recipe.label_smoothing
-    loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    correct = tf.Variable(0, dtype=tf.int64, trainable=False)
-    seen = tf.Variable(0, dtype=tf.int64, trainable=False)
-    finite = tf.Variable(True, trainable=False)
-    params = model.trainable_variables
-    infer = compile_inference(model)  # one traced inference graph for every validation pass
+        from mnistlab.augment import augment_batch as augment
 
-    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
-    def train_chunk(x_all, y_all, order, start, n_steps, batch_size, augmenting):
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def chunk(x_all, y_all, order, start, n_steps, batch, augmenting):
         for i in tf.range(n_steps):
-            begin = start + i * batch_size
-            idx = order[begin:begin + batch_size]
+            step_seed = tf.random.experimental.stateless_fold_in(base_seed, optimizer.iterations)
+            for j, dropout_state in enumerate(dropout_states):
+                dropout_state.assign(tf.cast(tf.random.experimental.stateless_fold_in(step_seed, DROPOUT_STREAM + j),
+                                             dropout_state.dtype))
+            idx = order[start + i * batch:start + (i + 1) * batch]
             x = tf.gather(x_all, idx)
             y = tf.gather(y_all, idx)
             if augmenting:  # a Python bool: one graph with augmentation, one without
-                x = augment(x)
+                x = augment(x, seed=tf.random.experimental.stateless_fold_in(step_seed, AUGMENT_STREAM))
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 targets = tf.one_hot(y, models.NUM_CLASSES) * (1.0 - smoothing) + smoothing / models.NUM_CLASSES
@@ -302,124 +346,329 @@ def train(model_name: str, data: Dataset, out: str | os.PathLike, config: TrainC
                 total = loss + tf.add_n(model.losses) if model.losses else loss
             grads = tape.gradient(total, params)
             optimizer.apply_gradients(zip(grads, params))
-            n = tf.shape(y, out_type=tf.int64)[0]
-            loss_sum.assign_add(tf.cast(loss, tf.float64) * tf.cast(n, tf.float64))
-            correct.assign_add(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), y), tf.int64)))
-            seen.assign_add(n)
-            finite.assign(tf.logical_and(finite, tf.math.is_finite(loss)))
+            plain = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+            state.loss_sum.assign_add(tf.reduce_sum(tf.cast(plain, tf.float64)))
+            state.correct.assign_add(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), y),
+                                                           tf.int64)))
+            state.seen.assign_add(tf.shape(y, out_type=tf.int64)[0])
+            state.finite.assign(tf.logical_and(state.finite, tf.math.is_finite(loss)))
+            state.step_in_epoch.assign_add(1)
 
-    writers = None
-    if config.tensorboard:
-        writers = {name: tf.summary.create_file_writer(str(run_dir / "tensorboard" / name))
-                   for name in ("train", "validation")}
-    best_acc = max((row["val_accuracy"] for row in history), default=-1.0)
-    start_time = time.perf_counter()
-    train_seconds = sum(row["seconds"] for row in history)
-    first_epoch = int(epoch_var.numpy())
-    with _progress_bar(config.progress) as bar:
+    return chunk
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+class _Stopped(Exception):
+    """Raised (and turned into KeyboardInterrupt) once a Ctrl-C's position has been saved."""
+
+
+class StopRequest:
+    """Set by the first Ctrl-C while training; the epoch loop stops at the next chunk boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[StopRequest]:
+    """Turn the first SIGINT into a stop request (a second one interrupts at once). Outside the
+    main thread, where Python delivers no signals, Ctrl-C cannot reach training anyway."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ---------------------------------------------------------------------------- summaries
+class Summaries:
+    """TensorBoard event files in ``tensorboard/train`` and ``tensorboard/validation`` (or nothing)."""
+
+    def __init__(self, folder: RunFolder, enabled: bool) -> None:
+        import tensorflow as tf
+
+        self._writers = {name: tf.summary.create_file_writer(str(folder.tensorboard / name))
+                         for name in ("train", "validation")} if enabled else {}
+
+    def graph(self, fn: Any, *args: Any) -> None:
+        """The training graph, once (TensorBoard's Graphs tab)."""
+        import tensorflow as tf
+
+        if self._writers:
+            with self._writers["train"].as_default():
+                tf.summary.graph(fn.get_concrete_function(*args).graph)
+
+    def epoch(self, row: dict[str, float], model: Any) -> None:
+        """Loss/accuracy for both splits, the learning rate, a histogram per weight."""
+        import tensorflow as tf
+
+        if not self._writers:
+            return
+        step = int(row["epoch"])
+        with self._writers["train"].as_default():
+            tf.summary.scalar("epoch_loss", row["train_loss"], step=step)
+            tf.summary.scalar("epoch_accuracy", row["train_accuracy"], step=step)
+            tf.summary.scalar("learning_rate", row["learning_rate"], step=step)
+            for w in model.weights:
+                tf.summary.histogram(w.path, w.value, step=step)
+        with self._writers["validation"].as_default():
+            tf.summary.scalar("epoch_loss", row["val_loss"], step=step)
+            tf.summary.scalar("epoch_accuracy", row["val_accuracy"], step=step)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
+def _progress_bar(enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), transient=True,
+                    disable=not (enabled and sys.stderr.isatty()))
+
+
+# ---------------------------------------------------------------------------- time
+class Clock:
+    """Seconds of training (the compiled steps, per epoch) and of wall time, summed over every
+    session of a run: machine-dependent, so they go to ``timing.json``, not to the metrics."""
+
+    def __init__(self, saved: dict[str, Any] | None = None, epochs_done: int = 0, mid_epoch: bool = False) -> None:
+        saved = saved or {}
+        self.epoch_seconds: list[float] = list(saved.get("epoch_seconds", []))[:epochs_done]
+        self.partial = float(saved.get("partial_epoch_seconds", 0.0)) if mid_epoch else 0.0
+        self.earlier_wall = float(saved.get("wall_seconds", 0.0))
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        t0 = time.perf_counter()
         try:
-            for epoch in range(first_epoch, epochs):
-                t0 = time.perf_counter()
-                for v in (loss_sum, correct, seen):
-                    v.assign(tf.zeros_like(v))
-                order = tf.constant(np.random.default_rng([config.seed, epoch]).permutation(n_train).astype(np.int32))
-                augmenting = augment is not None and epoch < epochs - recipe.clean_epochs
-                epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-                task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=epoch_steps, loss=float("nan"))
-                done = 0
-                while done < epoch_steps:
-                    full = min(CHUNK_STEPS, epoch_steps - done, (n_train - done * recipe.batch_size) // recipe.batch_size)
-                    size = recipe.batch_size if full > 0 else n_train - done * recipe.batch_size
-                    count = max(full, 1)
-                    chunk_args = (x_train, y_train, order, tf.constant(done * recipe.batch_size),
-                                  tf.constant(count), tf.constant(size), augmenting)
-                    train_chunk(*chunk_args)
-                    if writers is not None and epoch == first_epoch and done == 0:  # the model graph, once
-                        with writers["train"].as_default():
-                            tf.summary.graph(train_chunk.get_concrete_function(*chunk_args).graph)
-                    done += count
-                    if not bool(finite.numpy()):
-                        last = manager.latest_checkpoint or "none (diverged in the first epoch)"
-                        raise TrainingDiverged(
-                            f"loss became NaN/inf in epoch {epoch + 1} (step {done} of {epoch_steps}); "
-                            f"stopped. Last good checkpoint: {last}. Try a lower --learning-rate")
-                    bar.update(task, completed=done, loss=float(loss_sum.numpy() / max(int(seen.numpy()), 1)))
-                bar.remove_task(task)
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                val = evaluate_split(model, data.validation, infer) if len(data.validation) else None
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": float(loss_sum.numpy() / int(seen.numpy())),
-                    "train_accuracy": float(correct.numpy() / int(seen.numpy())),
-                    "val_loss": val.loss if val else float("nan"),
-                    "val_accuracy": val.accuracy if val else float("nan"),
-                    "seconds": seconds,
-                    "learning_rate": float(learning_rate_at(optimizer.iterations, recipe, total_steps, steps_per_epoch)),
-                }
+            yield
+        finally:
+            self.partial += time.perf_counter() - t0
+
+    def end_epoch(self) -> float:
+        seconds, self.partial = self.partial, 0.0
+        self.epoch_seconds.append(seconds)
+        return seconds
+
+    def to_json(self) -> dict[str, Any]:
+        train = sum(self.epoch_seconds) + self.partial
+        return {"train_seconds": round(train, 3),
+                "wall_seconds": round(self.earlier_wall + time.perf_counter() - self.started, 3),
+                "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],
+                "partial_epoch_seconds": round(self.partial, 3)}
+
+
+# ---------------------------------------------------------------------------- the epoch
+@dataclass
+class Loop:
+    """What one epoch needs: the compiled chunk, the data as tensors, the state and the plan."""
+
+    chunk: Callable
+    x: Any
+    y: Any
+    state: TrainingState
+    plan: Plan
+    recipe: Recipe
+    seed: int
+    summaries: Summaries
+    bar: Any
+    stop: StopRequest
+    on_chunk: Callable[[int, int], None] | None = None
+    graph_written: bool = True
+
+    def run_epoch(self, epoch: int) -> bool:
+        """Train epoch ``epoch`` (0-based) from the state's position in it; False if stopped early."""
+        import tensorflow as tf
+
+        order = tf.constant(epoch_order(self.seed, epoch, self.plan.n_train))
+        augmenting = self.recipe.augment and epoch < self.plan.epochs - self.recipe.clean_epochs
+        steps = self.plan.epoch_steps(epoch)
+        start = int(self.state.step_in_epoch.numpy())
+        task = self.bar.add_task(f"epoch {epoch + 1}/{self.plan.epochs}", total=steps, completed=start,
+                                 loss=float("nan"))
+        try:
+            for c in plan_chunks(self.plan.n_train, self.recipe.batch_size, start, steps, CHUNK_STEPS):
+                args = (self.x, self.y, order, tf.constant(c.first * self.recipe.batch_size), tf.constant(c.steps),
+                        tf.constant(c.batch), augmenting)
+                self.chunk(*args)
+                if not self.graph_written:
+                    self.summaries.graph(self.chunk, *args)
+                    self.graph_written = True
+                if not bool(self.state.finite.numpy()):
+                    raise TrainingDiverged(f"loss became NaN/inf in epoch {epoch + 1} (step {c.first + c.steps} of "
+                                           f"{steps}); stopped")
+                self.bar.update(task, completed=c.first + c.steps, loss=self.state.train_metrics()[0])
+                if self.on_chunk is not None:
+                    self.on_chunk(epoch, int(self.state.optimizer.iterations.numpy()))
+                if self.stop.requested and c.first + c.steps < steps:
+                    return False
+        finally:
+            self.bar.remove_task(task)
+        return True
+
+
+# ---------------------------------------------------------------------------- train
+def train(model_name: str | None, data: Dataset, out: str | Path, config: TrainConfig = TrainConfig(),
+          recipe: dict[str, Any] | None = None, arch: dict[str, Any] | None = None,
+          data_config: DataConfig = DataConfig(), resume: bool = False, log: Callable[[str], None] = print,
+          on_chunk: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train ``model_name`` on ``data.train``, validating each epoch on ``data.validation``.
+
+    ``recipe`` and ``arch`` override the model's recipe and builder options, e.g.
+    ``train("cnn", data, "runs/cnn", recipe={"epochs": 2}, arch={"filters": (16, 32, 64)})``.
+    Writes the run folder ``out`` (see ``runs``). Ctrl-C stops at the next chunk of steps and
+    saves the exact position; ``resume=True`` continues from it and ends bit-identical to a
+    straight run. ``on_chunk(epoch, step)`` is called after each compiled chunk (tests use it).
+    """
+    folder = RunFolder(Path(out))
+    if resume:
+        settings = settings_to_resume(folder, model_name, changes(config, TrainConfig()), recipe, arch,
+                                      changes(data_config, DataConfig()))
+    else:
+        if folder.is_run():
+            raise MnistlabError(f"--out {folder.path}: already holds a run; pass --resume to continue it "
+                                f"or choose a new folder")
+        if folder.path.is_dir() and any(folder.path.iterdir()):
+            raise MnistlabError(f"--out {folder.path}: holds other files; choose a new or empty folder")
+        settings = resolve_settings(model_name or "", config, recipe, arch, data_config)
+    if len(data.train) == 0:
+        raise MnistlabError("training split is empty; expected at least one image")
+    folder.check_writable()
+    log(f"{settings.model}: {settings.recipe.summary()}, seed {settings.train.seed}"
+        + (" (resuming)" if resume else ""))
+
+    import tensorflow as tf
+
+    runtime.configure_tensorflow(settings.train.seed, deterministic=not settings.train.jit_compile)
+    model = models.build(settings.model, **settings.arch)
+    plan = Plan.of(settings.recipe, len(data.train))
+    optimizer = make_optimizer(settings.recipe, plan)
+    optimizer.build(model.trainable_variables)
+    state = TrainingState(model, optimizer)
+    checkpoints = Checkpoints(folder, state.trackables(), settings.train.keep_checkpoints)
+    history, clock = _start(folder, settings, checkpoints, state, resume, log)
+
+    from mnistlab.evaluate import evaluate_split
+    from mnistlab.inference import compile_inference
+
+    infer = compile_inference(model)  # one traced inference graph for every validation pass
+    summaries = Summaries(folder, settings.train.tensorboard)
+    with _progress_bar(settings.train.progress) as bar, deferred_interrupt() as stop:
+        loop = Loop(compile_chunk(state, settings.recipe, settings.train.seed, settings.train.jit_compile),
+                    tf.constant(data.train.images), tf.constant(data.train.labels.astype(np.int32)), state, plan,
+                    settings.recipe, settings.train.seed, summaries, bar, stop, on_chunk, graph_written=resume)
+        try:
+            for epoch in range(int(state.epoch.numpy()), plan.epochs):
+                with clock.timing():
+                    finished = loop.run_epoch(epoch)
+                if not finished:
+                    _save_interrupted(folder, checkpoints, state, plan, clock, log)
+                    raise _Stopped
+                seconds = clock.end_epoch()
+                row = _epoch_row(epoch, state, plan, settings.recipe, evaluate_split, model, data, infer)
                 history.append(row)
-                epoch_var.assign(epoch + 1)
-                manager.save(checkpoint_number=epoch + 1)
-                if val and val.accuracy > best_acc:
-                    best_acc = val.accuracy
-                    checkpoint.write(str(run_dir / "checkpoints" / "best"))
-                _write_history(run_dir / "history.csv", history)
-                if writers:
-                    _write_summaries(writers, row, model, epoch + 1)
+                state.epoch.assign(epoch + 1)
+                state.start_epoch()
+                checkpoints.save_epoch(epoch + 1)
+                if row["val_accuracy"] > max((r["val_accuracy"] for r in history[:-1]), default=-1.0):
+                    checkpoints.save_best()
+                folder.write_history(history)
+                folder.write_timing(clock.to_json())
+                summaries.epoch(row, model)
                 log(f"Train Epoch: {epoch + 1:02d}  train_loss={row['train_loss']:.6f}  "
-                    f"val_loss={row['val_loss']:.6f}  val_accuracy={row['val_accuracy']:.4f}  "
-                    f"time={seconds:.1f}s")
-        except KeyboardInterrupt:
-            epoch_var.assign(len(history))
-            path = manager.save(checkpoint_number=len(history))
-            log(f"interrupted: checkpoint saved to {path} (after epoch {len(history)}); "
-                f"continue with `mnistlab train {model_name} --resume --out {run_dir}`")
+                    f"val_loss={row['val_loss']:.6f}  val_accuracy={row['val_accuracy']:.4f}  time={seconds:.1f}s")
+                if stop.requested and epoch + 1 < plan.epochs:  # Ctrl-C in the epoch's last chunk
+                    log(f"interrupted after epoch {epoch + 1}: saved in {checkpoints.latest()}; "
+                        f"continue with `mnistlab train --resume --out {folder.path}`")
+                    raise _Stopped
+        except TrainingDiverged as exc:
+            last = checkpoints.latest()
+            if last is None:
+                folder.remove_training_outputs()
+            raise TrainingDiverged(f"{exc}. " + (f"Last good checkpoint: {last}" if last else
+                                   "Nothing was saved (it diverged in the first epoch)")
+                                   + ". Try a lower --learning-rate") from None
+        except _Stopped:
+            raise KeyboardInterrupt from None
+        except KeyboardInterrupt:  # a second Ctrl-C, or one from elsewhere: nothing is saved now
+            log(f"interrupted at once: nothing saved since the last checkpoint "
+                f"({checkpoints.latest() or 'none: --resume starts over'})")
             raise
         finally:
-            if writers:
-                for w in writers.values():
-                    w.flush()
-    log(f"Train Finished takes: {train_seconds:.2f} s")
+            summaries.close()
+    return _finish(folder, settings, state, history, clock, evaluate_split, data, infer, log)
 
-    with fileio.atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
+
+def _start(folder: RunFolder, settings: Settings, checkpoints: Checkpoints, state: TrainingState, resume: bool,
+           log: Callable[[str], None]) -> tuple[list[dict[str, float]], Clock]:
+    """Restore the state to resume from (history and timing up to it), or write a new run's config."""
+    if not resume:
+        folder.write_config(settings.to_json())
+        return [], Clock()
+    latest = checkpoints.latest()
+    if latest is None:
+        log(f"no checkpoint in {folder.checkpoints}: starting from the beginning")
+        return [], Clock(folder.read_timing())
+    checkpoints.restore(latest)
+    done, step = int(state.epoch.numpy()), int(state.step_in_epoch.numpy())
+    log(f"resumed from {latest}: epoch {done + 1}, step {step}" if step else f"resumed from {latest} after epoch {done}")
+    return folder.read_history()[:done], Clock(folder.read_timing(), done, mid_epoch=step > 0)
+
+
+def _epoch_row(epoch: int, state: TrainingState, plan: Plan, recipe: Recipe, evaluate_split: Callable, model: Any,
+               data: Dataset, infer: Callable) -> dict[str, float]:
+    """The epoch's line of ``history.csv``: plain cross-entropy and accuracy on both splits."""
+    train_loss, train_accuracy = state.train_metrics()
+    val = evaluate_split(model, data.validation, infer) if len(data.validation) else None
+    return {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
+            "val_loss": val.loss if val else float("nan"), "val_accuracy": val.accuracy if val else float("nan"),
+            "learning_rate": float(learning_rate_at(state.optimizer.iterations, recipe, plan.total_steps,
+                                                    plan.steps_per_epoch))}
+
+
+def _save_interrupted(folder: RunFolder, checkpoints: Checkpoints, state: TrainingState, plan: Plan,
+                      clock: Clock, log: Callable[[str], None]) -> None:
+    path = checkpoints.save_interrupted()
+    folder.write_timing(clock.to_json())
+    epoch, step = int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy())
+    log(f"interrupted in epoch {epoch} after step {step} of {plan.epoch_steps(epoch - 1)}: the exact position "
+        f"is saved in {path}; continue with `mnistlab train --resume --out {folder.path}`")
+
+
+def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history: list[dict[str, float]],
+            clock: Clock, evaluate_split: Callable, data: Dataset, infer: Callable,
+            log: Callable[[str], None]) -> TrainResult:
+    """Save the final model, test it, write ``metrics.json`` and ``timing.json``."""
+    model = state.model
+    log(f"Train Finished takes: {clock.to_json()['train_seconds']:.2f} s")
+    folder.write_model(model)
     test = evaluate_split(model, data.test, infer)
     best = max(history, key=lambda r: r["val_accuracy"]) if history and len(data.validation) else None
     metrics = {
-        "model": model_name,
+        "model": settings.model,
         "params": int(model.count_params()),
         "epochs": len(history),
-        "steps": int(optimizer.iterations.numpy()),
-        "train_seconds": round(train_seconds, 3),
-        "wall_seconds": round(time.perf_counter() - start_time, 3),
+        "steps": int(state.optimizer.iterations.numpy()),
         "test_loss": test.loss,
         "test_accuracy": test.accuracy,
         "val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,
     }
-    fileio.write_json(run_dir / "metrics.json", metrics)
+    folder.write_metrics(metrics)
+    timing = clock.to_json()
+    folder.write_timing(timing)
     log(f"Test Accuracy: {test.accuracy:.4f}  Test Loss: {test.loss:.6f}")
-    return TrainResult(run_dir, history, metrics)
-
-
-def _write_summaries(writers: dict, row: dict[str, float], model: Any, step: int) -> None:
-    """Per-epoch TensorBoard summaries: loss/accuracy for both splits, a histogram per weight."""
-    import tensorflow as tf
-
-    with writers["train"].as_default():
-        tf.summary.scalar("epoch_loss", row["train_loss"], step=step)
-        tf.summary.scalar("epoch_accuracy", row["train_accuracy"], step=step)
-        tf.summary.scalar("learning_rate", row["learning_rate"], step=step)
-        for w in model.weights:
-            tf.summary.histogram(w.path, w.value, step=step)
-    with writers["validation"].as_default():
-        tf.summary.scalar("epoch_loss", row["val_loss"], step=step)
-        tf.summary.scalar("epoch_accuracy", row["val_accuracy"], step=step)
-
-
-def load_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a run folder, or a clear error."""
-    from mnistlab.runs import CONFIG_FILE
-
-    return fileio.read_json(Path(run_dir) / CONFIG_FILE, required=True)
+    return TrainResult(folder.path, history, metrics, timing)

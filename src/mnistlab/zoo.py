@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,42 +9,62 @@ from typing import Callable
 
 from mnistlab import fileio, models
 from mnistlab.data import DataConfig, Dataset
+from mnistlab.errors import MnistlabError
+from mnistlab.runs import RunFolder
 from mnistlab.train import TrainConfig, resolve_recipe, train
 
 COURSE_MODELS = ("softmax", "mlp", "mlp-sigmoid", "mlp2", "cnn-hvass", "cnn-deep", "cnn3")
+ZOO_FILE = "zoo.json"  # in each model's run folder: its row of the table
 
 
-def zoo_config(name: str, max_epochs: int | None, seed: int, course: bool = True) -> TrainConfig:
-    """Course (or mnistlab's own) settings for ``name``; with ``max_epochs``, a longer run is cut to that."""
-    config = TrainConfig(course=course, seed=seed, progress=False)
-    if max_epochs is not None and _epochs_of(resolve_recipe(name, config)) > max_epochs:
-        return dataclasses.replace(config, epochs=max_epochs)
-    return config
+def zoo_recipe(name: str, max_epochs: int | None, course: bool = True) -> dict[str, int]:
+    """Recipe overrides for ``name`` in the zoo: with ``max_epochs``, a longer recipe is cut to that."""
+    if max_epochs is not None and _epochs_of(resolve_recipe(name, course)) > max_epochs:
+        return {"epochs": max_epochs}
+    return {}
 
 
 def _epochs_of(recipe: models.Recipe, n_train: int = 55_000) -> float:
     return recipe.steps * recipe.batch_size / n_train if recipe.steps else recipe.epochs
 
 
+def check_zoo(names: tuple[str, ...], max_epochs: int | None) -> None:
+    """Every argument checked before any training: unknown models, a bad cap."""
+    for name in names:
+        models.spec(name)
+    if max_epochs is not None and max_epochs < 1:
+        raise MnistlabError(f"--max-epochs {max_epochs}: expected a positive integer")
+
+
 def run_zoo(data: Dataset, out: str | os.PathLike, names: tuple[str, ...] = COURSE_MODELS,
             max_epochs: int | None = None, seed: int = 0, data_config: DataConfig = DataConfig(),
             log: Callable[[str], None] = print, course: bool = True) -> list[dict]:
-    """Train and test each model in ``names`` at course (or own) settings; return one result row each."""
+    """Train and test each model in ``names`` at course (or own) settings; return one result row each.
+
+    Run again into the same ``out``, it keeps the models already done and resumes an interrupted one."""
+    check_zoo(names, max_epochs)
     rows = []
     for name in names:
-        config = zoo_config(name, max_epochs, seed, course)
-        recipe = resolve_recipe(name, config)
-        log(f"== {name}: {recipe.optimizer} lr={recipe.learning_rate} batch={recipe.batch_size} "
-            + (f"steps={recipe.steps}" if recipe.steps else f"epochs={recipe.epochs}"))
-        result = train(name, data, Path(out) / name, config, data_config=data_config, log=log)
+        folder = RunFolder(Path(out) / name)
+        done = folder.path / ZOO_FILE
+        if done.is_file():
+            log(f"== {name}: done already ({done})")
+            rows.append(json.loads(done.read_text()))
+            continue
+        overrides = zoo_recipe(name, max_epochs, course)
+        recipe = resolve_recipe(name, course, overrides)
+        log(f"== {name}: {recipe.summary()}")
+        config = TrainConfig(course=course, seed=seed, progress=False)
+        result = train(name, data, folder.path, config, overrides, data_config=data_config, log=log,
+                       resume=folder.is_run())
         spec = models.spec(name)
         row = {"model": name, "params": result.metrics["params"],
                "epochs": round(result.metrics["steps"] * recipe.batch_size / len(data.train), 1),
-               "steps": result.metrics["steps"], "train_seconds": result.metrics["train_seconds"],
+               "steps": result.metrics["steps"], "train_seconds": result.timing["train_seconds"],
                "test_accuracy": result.metrics["test_accuracy"], "course_accuracy": spec.course_accuracy,
-               "capped": course and config.epochs is not None,
+               "capped": course and bool(overrides),
                "settings": f"{recipe.optimizer} {recipe.learning_rate:g}, batch {recipe.batch_size}"}
-        fileio.write_json(Path(out) / name / "zoo.json", row)
+        fileio.write_json(done, row)
         rows.append(row)
         fileio.write_text(Path(out) / "results.md", results_markdown(collect_rows(out)))
     return rows
@@ -53,7 +72,7 @@ def run_zoo(data: Dataset, out: str | os.PathLike, names: tuple[str, ...] = COUR
 
 def collect_rows(out: str | os.PathLike) -> list[dict]:
     """Every model's row found under ``out`` (also from earlier ``zoo`` calls), in registry order."""
-    paths = {p.parent.name: p for p in Path(out).glob("*/zoo.json")}
+    paths = {p.parent.name: p for p in Path(out).glob(f"*/{ZOO_FILE}")}
     return [json.loads(paths[name].read_text()) for name in models.MODELS if name in paths]
 
 
