@@ -31,12 +31,12 @@ def _gaussian_kernel(sigma: float, radius: int) -> Any:
 
 
 def _uniform(shape: Any, low: float, high: float, seed: Any, salt: int) -> Any:
-    """Uniform noise: stateless (reproducible from ``seed``) when given, else the seeded global stream."""
+    """Uniform noise, a pure function of ``seed`` (an int pair) and ``salt`` (one stream per use):
+    ``fold_in`` hashes the two, so streams of nearby seeds do not overlap."""
     import tensorflow as tf
 
-    if seed is None:
-        return tf.random.uniform(shape, low, high)
-    return tf.random.stateless_uniform(shape, seed=tf.cast(seed, tf.int32) + [0, salt], minval=low, maxval=high)
+    stream = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), salt)
+    return tf.random.stateless_uniform(shape, seed=stream, minval=low, maxval=high)
 
 
 def _elastic_field(batch: Any, seed: Any, alpha: float, sigma: float) -> tuple[Any, Any]:
@@ -73,14 +73,14 @@ def _bilinear(images: Any, xs: Any, ys: Any) -> Any:
     return out
 
 
-def augment_batch(x: Any, seed: Any = None, rotation_deg: float = MAX_ROTATION_DEG,
+def augment_batch(x: Any, seed: Any, rotation_deg: float = MAX_ROTATION_DEG,
                   scale_range: tuple[float, float] = SCALE_RANGE, shift_px: float = MAX_SHIFT_PX,
                   elastic_alpha: float = ELASTIC_ALPHA, elastic_sigma: float = ELASTIC_SIGMA) -> Any:
     """Randomly rotate, scale, shift and elastically distort each image of a batch.
 
     ``x``: ``(B, 28, 28, 1)`` float32 in [0, 1] -> the same shape and range. ``seed``: an int pair
-    (tensor or list) for stateless, reproducible noise; None draws from TensorFlow's global
-    stream, which ``keras.utils.set_random_seed`` seeds, so the same run seed gives the same run.
+    (tensor or list); the output is a pure function of ``x`` and ``seed`` (training passes a seed
+    derived from the run's seed and the optimizer step, so a resumed run draws the same warps).
 
     >>> augment_batch(tf.zeros([8, 28, 28, 1]), seed=[0, 1]).shape
     TensorShape([8, 28, 28, 1])
