@@ -48,7 +48,7 @@ def test_runs_inside_tf_function_as_a_pure_function_of_the_seed(images):
         return fn(tf.constant(images), tf.constant([7, 8], tf.int64)).numpy()
 
     np.testing.assert_array_equal(run(1), run(2))
-    np.testing.assert_array_equal(run(1), augment_batch(images, [7, 8]).numpy())
+    np.testing.assert_allclose(run(1), augment_batch(images, [7, 8]).numpy(), atol=1e-5)  # eager: other fusions
 
 
 def test_neighbouring_step_seeds_give_unrelated_warps(images):
