@@ -130,9 +130,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config, data_config = from_args(train.TrainConfig, args), from_args(DataConfig, args)
         settings = train.resolve_settings(args.model, config, recipe_given, arch_given, data_config)
     dataset = data.load(data_config)
-    train.train(settings.model, dataset, folder.path, config, recipe_given, arch_given, data_config,
-                resume=args.resume)
-    print(f"run saved in {args.out}")
+    result = train.train(settings.model, dataset, folder.path, config, recipe_given, arch_given, data_config,
+                         resume=args.resume)
+    if result.chief:
+        print(f"run saved in {args.out}")
     return 0
 
 
@@ -194,11 +195,16 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- plot, report
+def _progress(message: str) -> None:
+    """What a slow plot or report is doing, on stderr (stdout keeps only the result)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from mnistlab import report, runs
 
     path = report.draw(runs.Run(args.run), args.kind, args.out, index=args.index, count=args.count,
-                       layer=args.layer, channel=args.channel)
+                       layer=args.layer, channel=args.channel, log=_progress)
     print(f"wrote {path}")
     return 0
 
@@ -206,7 +212,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from mnistlab import report, runs
 
-    print(f"wrote {report.write_report(runs.Run(args.run), args.out, index=args.index)}")
+    print(f"wrote {report.write_report(runs.Run(args.run), args.out, index=args.index, log=_progress)}")
     return 0
 
 

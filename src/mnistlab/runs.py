@@ -14,7 +14,9 @@ The layout::
     history.csv       one row per epoch: losses, accuracies, learning rate (same seed => same bytes)
     metrics.json      test metrics of the final model (same seed => same bytes)
     timing.json       seconds per epoch and in all (machine-dependent, so kept apart)
-    model.keras       the final model; model.tflite beside it where written
+    model.keras       the final model
+    model.tflite      the same model for LiteRT (predict/serve/ensemble without TensorFlow), and
+    model.tflite.json its check against model.keras and the SHA-256 of both (a stale one is ignored)
     checkpoints/      epoch-N (the last few), best, and interrupted (a Ctrl-C mid-epoch)
     tensorboard/      train/ and validation/ event files
     evaluation-SPLIT.json, misclassified-SPLIT.csv   written by ``mnistlab evaluate``
@@ -39,7 +41,8 @@ import numpy as np
 from mnistlab import fileio
 from mnistlab.config import from_json
 from mnistlab.errors import MnistlabError
-from mnistlab.inference import (INPUT_SHAPE, KERAS_FILE, TFLITE_FILE, Predictor, load_keras, load_model_file,
+from mnistlab.inference import (INPUT_SHAPE, KERAS_FILE, TFLITE_FILE, Predictor, litert_available, load_keras,
+                                load_model_file,
                                 predict_logits, softmax)
 
 CONFIG_FILE = "config.json"
@@ -51,6 +54,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
+TFLITE_CHECK_FILE = "model.tflite.json"  # model.tflite's tie to model.keras (SHA-256 of both) and its check
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
 INTERRUPTED = "interrupted"  # checkpoint name of a Ctrl-C mid-epoch; removed at the next epoch's end
 
@@ -76,6 +80,10 @@ class RunFolder:
     @property
     def tflite_file(self) -> Path:
         return self.path / TFLITE_FILE
+
+    @property
+    def tflite_check_file(self) -> Path:
+        return self.path / TFLITE_CHECK_FILE
 
     @property
     def history_file(self) -> Path:
@@ -181,6 +189,28 @@ class RunFolder:
             return None
         return hashlib.sha256(self.model_file.read_bytes()).hexdigest()
 
+    def read_tflite_check(self) -> dict[str, Any] | None:
+        """``model.tflite.json`` if ``model.tflite`` was converted from the current ``model.keras``
+        (both SHA-256 match) and agreed with it; else None: a stale or swapped file is ignored."""
+        check = fileio.read_json(self.tflite_check_file) if self.tflite_file.is_file() else None
+        if not check or not check.get("accepted") or check.get("keras_sha256") != self.model_digest():
+            return None
+        if check.get("tflite_sha256") != hashlib.sha256(self.tflite_file.read_bytes()).hexdigest():
+            return None
+        return check
+
+    def write_tflite(self, content: bytes, check: dict[str, Any]) -> None:
+        """``model.tflite`` and its check (with both files' SHA-256), each written atomically."""
+        fileio.write_bytes(self.tflite_file, content)
+        fileio.write_json(self.tflite_check_file, {**check, "keras_sha256": self.model_digest(),
+                                                   "tflite_sha256": hashlib.sha256(content).hexdigest()})
+
+    def remove_tflite(self) -> None:
+        """Forget ``model.tflite`` (it no longer matches ``model.keras``)."""
+        for stale in (self.tflite_check_file, self.tflite_file):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
     def read_evaluation(self, split: str) -> dict[str, Any] | None:
         """``evaluation-SPLIT.json`` if it was made with the current ``model.keras``, else None."""
         value = fileio.read_json(self.evaluation_file(split))
@@ -218,10 +248,12 @@ class Checkpoints:
     ``keep`` of them), ``best`` (best validation accuracy) and ``interrupted`` (the exact
     position of a Ctrl-C mid-epoch). ``trackables`` must be the complete training state."""
 
-    def __init__(self, folder: RunFolder, trackables: dict[str, Any], keep: int) -> None:
+    def __init__(self, folder: RunFolder, trackables: dict[str, Any], keep: int,
+                 read_from: RunFolder | None = None) -> None:
         import tensorflow as tf
 
         self._dir = folder.checkpoints
+        self._read = (read_from or folder).checkpoints  # non-chief workers write elsewhere, resume from here
         self._checkpoint = tf.train.Checkpoint(**trackables)
         self._manager = tf.train.CheckpointManager(self._checkpoint, str(self._dir), max_to_keep=keep,
                                                    checkpoint_name="epoch")
@@ -233,9 +265,9 @@ class Checkpoints:
     def latest(self) -> str | None:
         """The checkpoint to resume from: ``interrupted`` when present (it is newer than any
         epoch checkpoint: the next epoch's end removes it), else the last epoch's."""
-        if Path(f"{self.interrupted}.index").is_file():
-            return str(self.interrupted)
-        return self._manager.latest_checkpoint
+        if Path(f"{self._read / INTERRUPTED}.index").is_file():
+            return str(self._read / INTERRUPTED)
+        return tf_latest_checkpoint(self._read)
 
     def restore(self, path: str) -> None:
         self._guard(lambda: self._checkpoint.restore(path).assert_existing_objects_matched(), path)
@@ -268,19 +300,36 @@ class Checkpoints:
                                 f"the folder's permissions") from None
 
 
+def tf_latest_checkpoint(folder: Path) -> str | None:
+    """The newest ``epoch-N`` checkpoint in ``folder`` (CheckpointManager's bookkeeping), or None."""
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+
+
 # ---------------------------------------------------------------------------- opening for prediction
-def load_predictor(path: str | os.PathLike) -> Predictor:
+def load_predictor(path: str | os.PathLike, keras: bool = False, threads: int | None = None) -> Predictor:
     """A Predictor for a run folder (name, metrics from the run's own files) or for any model
-    file or export folder ``inference.load_model_file`` takes."""
+    file or export folder ``inference.load_model_file`` takes.
+
+    A run folder answers from its ``model.tflite`` on LiteRT, without TensorFlow, when that file
+    was converted from the current ``model.keras`` and checked against it
+    (``RunFolder.read_tflite_check``); else, or with ``keras=True``, from ``model.keras``.
+    ``threads`` sizes the LiteRT interpreter (default: every usable core)."""
     path = Path(path)
     folder = RunFolder(path if path.is_dir() else path.parent)
     if folder.is_run() and (path.is_dir() or path.name == MODEL_FILE):
         config = folder.read_config()
         if not folder.model_file.is_file():
             raise MnistlabError(f"{folder.path}: no {MODEL_FILE}; expected a finished `mnistlab train --out` folder")
-        return load_model_file(folder.model_file, name=str(config.get("model") or folder.path.name),
-                               metrics=folder.read_metrics())
-    return load_model_file(path)
+        name, metrics = str(config.get("model") or folder.path.name), folder.read_metrics()
+        check = None if keras or not path.is_dir() or not litert_available() else folder.read_tflite_check()
+        if check is not None:
+            predictor = load_model_file(folder.tflite_file, name=name, metrics=metrics, threads=threads)
+            predictor.parameters = check.get("parameters")
+            return predictor
+        return load_model_file(folder.model_file, name=name, metrics=metrics)
+    return load_model_file(path, threads=threads)
 
 
 def load_model(run_dir: str | os.PathLike) -> Any:

@@ -24,6 +24,7 @@ import dataclasses
 import math
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -32,16 +33,18 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mnistlab import models, runtime
+from mnistlab import distribute, models, runtime
 from mnistlab.config import SEED, from_json, option, show, validate
 from mnistlab.data import DataConfig, Dataset
 from mnistlab.errors import MnistlabError
 from mnistlab.models import OPTIMIZERS, SCHEDULES, Recipe
+from mnistlab.inference import compile_inference
 from mnistlab.runs import Checkpoints, RunFolder
 
 CHUNK_STEPS = 50  # mini-batches per compiled call: amortises Python overhead, keeps Ctrl-C responsive
 AUGMENT_STREAM, DROPOUT_STREAM = 1, 100  # fold_in salts: one random stream per use, per step
-RESUMABLE = ("progress", "tensorboard", "keep_checkpoints")  # TrainConfig fields a resumed run may change
+# TrainConfig fields a resumed run may change: display, bookkeeping, and the devices it runs on
+RESUMABLE = ("progress", "tensorboard", "keep_checkpoints", "strategy", "cpu_replicas")
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "resolve_recipe", "plan_chunks",
            "learning_rate_at", "OPTIMIZERS", "SCHEDULES"]
 
@@ -58,6 +61,14 @@ class TrainConfig:
     progress: bool = option(True, "show a progress bar per epoch (only on a terminal)")
     keep_checkpoints: int = option(2, "per-epoch checkpoints to keep (the best one is kept apart)",
                                    check=(lambda v: 1 <= v <= 1000, "an integer 1 .. 1000"))
+    strategy: str = option("default", "devices: default (one), mirrored (all local GPUs, else --cpu-replicas "
+                                      "logical CPUs), multiworker (machines listed in $TF_CONFIG)",
+                           choices=distribute.STRATEGIES)
+    cpu_replicas: int = option(2, "--strategy mirrored without GPUs: logical CPU devices to split the batch over",
+                               check=(lambda v: 1 <= v <= 64, "an integer 1 .. 64"))
+    precision: str = option("float32", "compute precision: float32, mixed_bfloat16 (CPUs with AVX512_BF16/AMX), "
+                                       "mixed_float16 (GPUs); logits and loss stay float32",
+                            choices=distribute.PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class TrainResult:
     history: list[dict[str, float]]
     metrics: dict[str, Any]  # same seed => same values
     timing: dict[str, Any]  # seconds: machine-dependent
+    chief: bool = True  # False on the other workers of a multi-worker run: the chief wrote the folder
 
 
 class TrainingDiverged(MnistlabError):
@@ -117,6 +129,8 @@ def resolve_settings(model: str, config: TrainConfig = TrainConfig(), recipe: di
                      arch: dict[str, Any] | None = None, data: DataConfig = DataConfig()) -> Settings:
     """The settings of a new run, every value checked (before any data is loaded)."""
     models.spec(model)
+    if config.jit_compile and config.strategy != "default":
+        raise MnistlabError(f"--jit-compile with --strategy {config.strategy}: not supported; use one of them")
     return Settings(model, models.check_options(model, dict(arch or {})),
                     resolve_recipe(model, config.course, recipe), validate(config), validate(data))
 
@@ -248,8 +262,16 @@ def learning_rate_at(step: Any, recipe: Recipe, total_steps: int, steps_per_epoc
     return peak * tf.ones_like(t)
 
 
-def make_optimizer(recipe: Recipe, plan: Plan) -> Any:
-    """Keras optimizer for ``recipe`` with its schedule attached."""
+def make_optimizer(recipe: Recipe, plan: Plan, precision: str = "float32") -> Any:
+    """Keras optimizer for ``recipe`` with its schedule attached (and dynamic loss scaling under
+    ``mixed_float16``, whose small range would otherwise flush small gradients to zero)."""
+    import keras
+
+    optimizer = _optimizer(recipe, plan)
+    return keras.optimizers.LossScaleOptimizer(optimizer) if precision == "mixed_float16" else optimizer
+
+
+def _optimizer(recipe: Recipe, plan: Plan) -> Any:
     import keras
 
     class Schedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -309,25 +331,66 @@ def seed_generators(model: Any) -> list[Any]:
     return [layer.seed_generator.state for layer in model.layers if getattr(layer, "seed_generator", None)]
 
 
-def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, jit_compile: bool = False) -> Callable:
+def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any = None,
+                  jit_compile: bool = False) -> Callable:
     """The compiled chunk: ``chunk(x_all, y_all, order, start, n_steps, batch, augmenting)`` runs
     ``n_steps`` optimizer steps on batches ``order[start + i * batch : ...]``.
 
-    The optimized loss is softmax cross-entropy with label smoothing; the loss *reported* (summed
-    into ``state.loss_sum``) is plain cross-entropy, the same quantity as the validation loss.
-    Each step's random streams come from ``fold_in((seed, 0), optimizer step)``."""
+    Each step runs on every replica of ``strategy`` (``strategy.run``), each taking every R-th image
+    of the batch; the loss is averaged over the global batch and the gradients all-reduced. The
+    optimized loss is softmax cross-entropy with label smoothing; the loss *reported* (summed into
+    ``state.loss_sum``) is plain cross-entropy, the same quantity as the validation loss. Each
+    step's random streams come from ``fold_in((seed, 0), optimizer step)``."""
     import tensorflow as tf
 
+    strategy = strategy or tf.distribute.get_strategy()
     model, optimizer = state.model, state.optimizer
     params = model.trainable_variables
     dropout_states = seed_generators(model)
     smoothing = recipe.label_smoothing
     base_seed = tf.constant([seed, 0], tf.int64)
+    single = strategy.num_replicas_in_sync == 1
+    scale_loss = getattr(optimizer, "scale_loss", None)  # LossScaleOptimizer (mixed_float16)
     augment = None
     if recipe.augment:
         from mnistlab.augment import augment_batch as augment
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def learn(x, y, global_size):
+        """One optimizer step on this replica's share ``x, y`` of a global batch of ``global_size``
+        images; returns the share's summed plain loss, hits, count and whether the loss is finite."""
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            targets = tf.one_hot(y, models.NUM_CLASSES) * (1.0 - smoothing) + smoothing / models.NUM_CLASSES
+            per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+            # one replica: the plain mean, bit for bit the single-device loss; else over the global batch
+            loss = tf.reduce_mean(per_example) if single else \
+                tf.nn.compute_average_loss(per_example, global_batch_size=global_size)
+            total = loss + tf.nn.scale_regularization_loss(tf.add_n(model.losses)) if model.losses else loss
+            scaled = scale_loss(total) if scale_loss else total
+        grads = tape.gradient(scaled, params)
+        optimizer.apply_gradients(zip(grads, params))
+        plain = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        hits = tf.equal(tf.argmax(logits, 1, output_type=tf.int32), y)
+        return (tf.reduce_sum(tf.cast(plain, tf.float64)), tf.reduce_sum(tf.cast(hits, tf.int64)),
+                tf.size(y, out_type=tf.int64), tf.cast(tf.math.is_finite(loss), tf.int64))
+
+    if jit_compile:  # XLA compiles the step for each batch shape it meets (the gathers stay outside)
+        learn = tf.function(learn, jit_compile=True, reduce_retracing=True)
+
+    def replica_step(x_all, y_all, idx, step_seed, augmenting):
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group
+        mine = idx if single else idx[replica::context.num_replicas_in_sync]
+        x, y = tf.gather(x_all, mine), tf.gather(y_all, mine)
+        if augmenting:  # a Python bool: one graph with augmentation, one without
+            stream = tf.random.experimental.stateless_fold_in(step_seed, AUGMENT_STREAM)
+            x = augment(x, seed=stream if single else tf.random.experimental.stateless_fold_in(stream, replica))
+        return learn(x, y, tf.size(idx))
+
+    def reduce(value):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+    @tf.function(reduce_retracing=True)
     def chunk(x_all, y_all, order, start, n_steps, batch, augmenting):
         for i in tf.range(n_steps):
             step_seed = tf.random.experimental.stateless_fold_in(base_seed, optimizer.iterations)
@@ -335,23 +398,13 @@ def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, jit_compile: 
                 dropout_state.assign(tf.cast(tf.random.experimental.stateless_fold_in(step_seed, DROPOUT_STREAM + j),
                                              dropout_state.dtype))
             idx = order[start + i * batch:start + (i + 1) * batch]
-            x = tf.gather(x_all, idx)
-            y = tf.gather(y_all, idx)
-            if augmenting:  # a Python bool: one graph with augmentation, one without
-                x = augment(x, seed=tf.random.experimental.stateless_fold_in(step_seed, AUGMENT_STREAM))
-            with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                targets = tf.one_hot(y, models.NUM_CLASSES) * (1.0 - smoothing) + smoothing / models.NUM_CLASSES
-                loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
-                total = loss + tf.add_n(model.losses) if model.losses else loss
-            grads = tape.gradient(total, params)
-            optimizer.apply_gradients(zip(grads, params))
-            plain = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
-            state.loss_sum.assign_add(tf.reduce_sum(tf.cast(plain, tf.float64)))
-            state.correct.assign_add(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), y),
-                                                           tf.int64)))
-            state.seen.assign_add(tf.shape(y, out_type=tf.int64)[0])
-            state.finite.assign(tf.logical_and(state.finite, tf.math.is_finite(loss)))
+            loss_sum, correct, seen, finite = strategy.run(replica_step, args=(x_all, y_all, idx, step_seed,
+                                                                             augmenting))
+            state.loss_sum.assign_add(reduce(loss_sum))
+            state.correct.assign_add(reduce(correct))
+            state.seen.assign_add(reduce(seen))
+            finite_everywhere = tf.equal(reduce(finite), strategy.num_replicas_in_sync)
+            state.finite.assign(tf.logical_and(state.finite, finite_everywhere))
             state.step_in_epoch.assign_add(1)
 
     return chunk
@@ -545,28 +598,56 @@ def train(model_name: str | None, data: Dataset, out: str | Path, config: TrainC
         settings = resolve_settings(model_name or "", config, recipe, arch, data_config)
     if len(data.train) == 0:
         raise MnistlabError("training split is empty; expected at least one image")
-    folder.check_writable()
-    log(f"{settings.model}: {settings.recipe.summary()}, seed {settings.train.seed}"
-        + (" (resuming)" if resume else ""))
+    with _devices(settings.train, folder) as (strategy, writes, chief):
+        if not chief:
+            log = _silent  # one voice: the chief's
+        log(f"{settings.model}: {settings.recipe.summary()}, seed {settings.train.seed}"
+            + (f", {settings.train.precision}" if settings.train.precision != "float32" else "")
+            + (f", {strategy.num_replicas_in_sync} replicas" if strategy.num_replicas_in_sync > 1 else "")
+            + (" (resuming)" if resume else ""))
+        result = _train(settings, folder, writes, strategy, data, resume, log, on_chunk)
+    return result if chief else dataclasses.replace(result, run_dir=folder.path, chief=False)
 
+
+def _silent(line: str) -> None:
+    """The log of a non-chief worker: the chief speaks for the cluster."""
+
+
+@contextlib.contextmanager
+def _devices(config: TrainConfig, folder: RunFolder) -> Iterator[tuple[Any, RunFolder, bool]]:
+    """The strategy (made first: TensorFlow's runtime must not have started), the folder this
+    process writes (the run's; a temporary one on non-chief workers), and whether it is the chief."""
+    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    runtime.configure_tensorflow(config.seed, deterministic=not config.jit_compile)
+    if distribute.is_chief(strategy):
+        folder.check_writable()
+        yield strategy, folder, True
+        return
+    with tempfile.TemporaryDirectory(prefix="mnistlab-worker-") as tmp:
+        yield strategy, RunFolder(Path(tmp)), False
+
+
+def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: Any, data: Dataset, resume: bool,
+           log: Callable[[str], None], on_chunk: Callable[[int, int], None] | None) -> TrainResult:
+    """``train`` once the settings are checked and the devices are set up."""
     import tensorflow as tf
 
-    runtime.configure_tensorflow(settings.train.seed, deterministic=not settings.train.jit_compile)
-    model = models.build(settings.model, **settings.arch)
     plan = Plan.of(settings.recipe, len(data.train))
-    optimizer = make_optimizer(settings.recipe, plan)
-    optimizer.build(model.trainable_variables)
-    state = TrainingState(model, optimizer)
-    checkpoints = Checkpoints(folder, state.trackables(), settings.train.keep_checkpoints)
-    history, clock = _start(folder, settings, checkpoints, state, resume, log)
+    with strategy.scope(), distribute.dtype_policy(settings.train.precision):
+        model = models.build(settings.model, **settings.arch)
+        optimizer = make_optimizer(settings.recipe, plan, settings.train.precision)
+        optimizer.build(model.trainable_variables)
+        state = TrainingState(model, optimizer)
+    checkpoints = Checkpoints(writes, state.trackables(), settings.train.keep_checkpoints, read_from=folder)
+    history, clock = _start(writes, settings, checkpoints, state, resume, log)
+    folder = writes
 
     from mnistlab.evaluate import evaluate_split
-    from mnistlab.inference import compile_inference
 
     infer = compile_inference(model)  # one traced inference graph for every validation pass
     summaries = Summaries(folder, settings.train.tensorboard)
     with _progress_bar(settings.train.progress) as bar, deferred_interrupt() as stop:
-        loop = Loop(compile_chunk(state, settings.recipe, settings.train.seed, settings.train.jit_compile),
+        loop = Loop(compile_chunk(state, settings.recipe, settings.train.seed, strategy, settings.train.jit_compile),
                     tf.constant(data.train.images), tf.constant(data.train.labels.astype(np.int32)), state, plan,
                     settings.recipe, settings.train.seed, summaries, bar, stop, on_chunk, graph_written=resume)
         try:
@@ -647,12 +728,25 @@ def _save_interrupted(folder: RunFolder, checkpoints: Checkpoints, state: Traini
         f"is saved in {path}; continue with `mnistlab train --resume --out {folder.path}`")
 
 
+def float32_model(settings: Settings, model: Any) -> Any:
+    """The trained model as users get it: float32 (a mixed-precision model is rebuilt in float32
+    and given the same weights, which mixed precision keeps in float32 anyway)."""
+    if settings.train.precision == "float32":
+        return model
+    with distribute.dtype_policy("float32"):
+        copy = models.build(settings.model, **settings.arch)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history: list[dict[str, float]],
             clock: Clock, evaluate_split: Callable, data: Dataset, infer: Callable,
             log: Callable[[str], None]) -> TrainResult:
     """Save the final model, test it, write ``metrics.json`` and ``timing.json``."""
-    model = state.model
     log(f"Train Finished takes: {clock.to_json()['train_seconds']:.2f} s")
+    model = float32_model(settings, state.model)
+    if model is not state.model:
+        infer = compile_inference(model)
     folder.write_model(model)
     test = evaluate_split(model, data.test, infer)
     best = max(history, key=lambda r: r["val_accuracy"]) if history and len(data.validation) else None
