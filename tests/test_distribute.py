@@ -180,3 +180,38 @@ def test_fast_on_two_logical_cpus_reaches_the_single_device_accuracy(real_mnist_
         results[strategy] = json.loads((out / "metrics.json").read_text())["test_accuracy"]
     assert results["mirrored"] >= 0.989
     assert abs(results["mirrored"] - results["default"]) <= 0.003
+
+
+# ---------------------------------------------------------------------------- independent jobs
+def test_zoo_trains_models_in_parallel_processes_and_in_shards(tiny_dir, tmp_path, capsys):
+    """--jobs 2: two `mnistlab train` processes at once; --shard: each "machine" takes its share of a
+    shared folder, and a last run without a shard tabulates (nothing is trained twice)."""
+    common = ["--models", "softmax,mlp", "--max-epochs", "1", "--data-dir", str(tiny_dir), "--validation-size", "100"]
+    assert cli.main(["zoo", "--out", str(tmp_path / "parallel"), "--jobs", "2", *common]) == 0
+    out = capsys.readouterr().out
+    assert "[softmax] Test Accuracy:" in out and "[mlp] Test Accuracy:" in out
+    table = (tmp_path / "parallel" / "results.md").read_text()
+    assert "| softmax |" in table and "| mlp |" in table
+    shared = tmp_path / "shared"
+    assert cli.main(["zoo", "--out", str(shared), "--shard", "1/2", *common]) == 0
+    assert (shared / "softmax" / "model.keras").is_file() and not (shared / "mlp").exists()
+    assert cli.main(["zoo", "--out", str(shared), "--shard", "2/2", *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["zoo", "--out", str(shared), *common]) == 0
+    out = capsys.readouterr().out
+    assert "== softmax: done already" in out and "== mlp: done already" in out
+    for name in ("softmax", "mlp"):  # the same seed gives the same model in a child process as in-process
+        a = json.loads((tmp_path / "parallel" / name / "metrics.json").read_text())
+        b = json.loads((shared / name / "metrics.json").read_text())
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.011)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["zoo", "--jobs", "0"], "--jobs 0: expected an integer 1 .. 256"),
+    (["zoo", "--shard", "3/2"], "--shard 3/2: expected I/N"),
+    (["zoo", "--shard", "x"], "--shard x: expected I/N"),
+])
+def test_bad_jobs_and_shards_are_one_line_errors(argv, message, capsys, tmp_path):
+    assert cli.main([*argv, "--out", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1

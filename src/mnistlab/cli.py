@@ -61,8 +61,12 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 
 def cmd_data_grid(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mnistlab import data, plots
 
+    if Path(args.out).is_dir():  # checked before the data is loaded
+        raise MnistlabError(f"--out {args.out}: is a folder; expected a PNG file name, e.g. {Path(args.out) / 'grid.png'}")
     ds = data.load(_data_config(args))
     split = ds.split(args.split)
     if not 1 <= args.count <= plots.MAX_GRID:
@@ -71,7 +75,11 @@ def cmd_data_grid(args: argparse.Namespace) -> int:
         raise MnistlabError(f"--index {args.index}: expected 0..{len(split) - args.count} for {args.count} images")
     sel = slice(args.index, args.index + args.count)
     titles = [f"label={ds.facts.class_names[int(y)]}" for y in split.labels[sel]]
-    plots.image_grid(split.images[sel], titles, args.out)
+    try:
+        plots.image_grid(split.images[sel], titles, args.out)
+    except OSError as exc:
+        raise MnistlabError(f"--out {args.out}: cannot write ({exc.strerror or exc}); "
+                            f"expected a PNG file path in a writable folder") from None
     print(f"wrote {args.out}")
     return 0
 
@@ -171,11 +179,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from mnistlab import data, zoo
 
+    from mnistlab import jobs
+
     names = tuple(args.models) if args.models else zoo.COURSE_MODELS
     zoo.check_zoo(names, args.max_epochs)
+    jobs.check_jobs(args.jobs)
+    jobs.parse_shard(args.shard)
     data_config = _data_config(args)
-    rows = zoo.run_zoo(data.load(data_config), args.out, names, args.max_epochs, args.seed, data_config,
-                       course=not args.own)
+    rows = zoo.run_zoo(lambda: data.load(data_config), args.out, names, args.max_epochs, args.seed, data_config,
+                       course=not args.own, jobs=args.jobs, shard=args.shard)
     print(zoo.results_markdown(rows))
     print(f"wrote {args.out}/results.md")
     return 0
@@ -255,8 +267,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mnistlab import export
 
-    out = export.export(args.run, args.format, args.out, force=args.force)
-    print(f"wrote {out} ({args.format}); `mnistlab predict {out} IMG` uses it")
+    out = export.export(args.run, args.format, args.out, force=args.force, quantize=args.quantize)
+    print(f"wrote {out} ({args.format}{' ' + args.quantize if args.quantize else ''}); "
+          f"`mnistlab predict {out} IMG` uses it")
+    check = export.read_check(out)
+    if check:
+        print(export.describe_check(check))
     return 0
 
 
@@ -285,7 +301,11 @@ def _add_inference_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("export", help="export a run as a TensorFlow SavedModel or a TFLite file")
     p.add_argument("run", metavar="RUN", help="run folder or .keras file")
     p.add_argument("--format", required=True, choices=("savedmodel", "tflite"), help="what to write (required)")
-    p.add_argument("--out", required=True, help="folder to create, e.g. exports/cnn/1 (required)")
+    p.add_argument("--out", default=None, help="folder to create, e.g. exports/cnn/1 (default: none; a float32 "
+                   "--format tflite then goes into the run folder as model.tflite, which predict and serve use)")
+    p.add_argument("--quantize", default=None, choices=("int8", "float16"),
+                   help="tflite only: int8 weights and activations (calibrated on 500 training images) or "
+                        "float16 weights (default: none, float32)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: False)")
     p.set_defaults(handler=cmd_export)
 
@@ -382,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=None, help="cap each run at this many epochs (default: no cap)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--own", action="store_true", help="use mnistlab's own settings instead of the course's (default: False)")
+    p.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each, the cores "
+                   "shared among them (default: 1, in this process)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="train only every N-th model from the I-th: run "
+                   "1/2 on one machine and 2/2 on another over a shared --out, then once more to tabulate "
+                   "(default: all)")
     _add_data_options(p)
     p.set_defaults(handler=cmd_zoo)
 

@@ -44,7 +44,7 @@ from mnistlab.runs import Checkpoints, RunFolder
 CHUNK_STEPS = 50  # mini-batches per compiled call: amortises Python overhead, keeps Ctrl-C responsive
 AUGMENT_STREAM, DROPOUT_STREAM = 1, 100  # fold_in salts: one random stream per use, per step
 # TrainConfig fields a resumed run may change: display, bookkeeping, and the devices it runs on
-RESUMABLE = ("progress", "tensorboard", "keep_checkpoints", "strategy", "cpu_replicas")
+RESUMABLE = ("progress", "tensorboard", "keep_checkpoints", "strategy", "cpu_replicas", "threads")
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "resolve_recipe", "plan_chunks",
            "learning_rate_at", "OPTIMIZERS", "SCHEDULES"]
 
@@ -66,6 +66,8 @@ class TrainConfig:
                            choices=distribute.STRATEGIES)
     cpu_replicas: int = option(2, "--strategy mirrored without GPUs: logical CPU devices to split the batch over",
                                check=(lambda v: 1 <= v <= 64, "an integer 1 .. 64"))
+    threads: int = option(0, "CPU threads for TensorFlow's operations (0 = every core this process may use)",
+                          check=(lambda v: 0 <= v <= 1024, "an integer 0 .. 1024"))
     precision: str = option("float32", "compute precision: float32, mixed_bfloat16 (CPUs with AVX512_BF16/AMX), "
                                        "mixed_float16 (GPUs); logits and loss stay float32",
                             choices=distribute.PRECISIONS)
@@ -618,7 +620,7 @@ def _devices(config: TrainConfig, folder: RunFolder) -> Iterator[tuple[Any, RunF
     """The strategy (made first: TensorFlow's runtime must not have started), the folder this
     process writes (the run's; a temporary one on non-chief workers), and whether it is the chief."""
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
-    runtime.configure_tensorflow(config.seed, deterministic=not config.jit_compile)
+    runtime.configure_tensorflow(config.seed, threads=config.threads or None, deterministic=not config.jit_compile)
     if distribute.is_chief(strategy):
         folder.check_writable()
         yield strategy, folder, True
@@ -753,6 +755,7 @@ def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history
     metrics = {
         "model": settings.model,
         "params": int(model.count_params()),
+        "train_images": len(data.train),
         "epochs": len(history),
         "steps": int(state.optimizer.iterations.numpy()),
         "test_loss": test.loss,
@@ -765,4 +768,5 @@ def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history
     timing = clock.to_json()
     folder.write_timing(timing)
     log(f"Test Accuracy: {test.accuracy:.4f}  Test Loss: {test.loss:.6f}")
+    folder.convert_to_tflite(model, data.test.images, log)  # predict/serve answer from it without TensorFlow
     return TrainResult(folder.path, history, metrics, timing)

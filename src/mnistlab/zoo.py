@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Callable
 
 from mnistlab import fileio, models
+from mnistlab.config import from_json
 from mnistlab.data import DataConfig, Dataset
 from mnistlab.errors import MnistlabError
+from mnistlab.jobs import Job, data_args, run_jobs
 from mnistlab.runs import RunFolder
 from mnistlab.train import TrainConfig, resolve_recipe, train
 
@@ -36,37 +38,58 @@ def check_zoo(names: tuple[str, ...], max_epochs: int | None) -> None:
         raise MnistlabError(f"--max-epochs {max_epochs}: expected a positive integer")
 
 
-def run_zoo(data: Dataset, out: str | os.PathLike, names: tuple[str, ...] = COURSE_MODELS,
+def zoo_jobs(names: tuple[str, ...], out: str | os.PathLike, max_epochs: int | None, seed: int,
+             data_config: DataConfig, course: bool = True) -> list[Job]:
+    """One ``mnistlab train`` job per model, for ``--jobs`` / ``--shard``."""
+    jobs = []
+    for name in names:
+        args = [name, "--seed", str(seed), *(["--course"] if course else [])]
+        args += [f"--{k}={v}" for k, v in zoo_recipe(name, max_epochs, course).items()]
+        jobs.append(Job(name, RunFolder(Path(out) / name), tuple(args + data_args(data_config))))
+    return jobs
+
+
+def zoo_row(name: str, folder: RunFolder, course: bool, capped: bool) -> dict:
+    """A model's row of the table, from its finished run folder (written into it as zoo.json)."""
+    metrics, timing = folder.read_metrics(), folder.read_timing()
+    recipe = from_json(models.Recipe, folder.read_config()["recipe"])
+    row = {"model": name, "params": metrics["params"],
+           "epochs": round(metrics["steps"] * recipe.batch_size / metrics["train_images"], 1),
+           "steps": metrics["steps"], "train_seconds": timing.get("train_seconds"),
+           "test_accuracy": metrics["test_accuracy"], "course_accuracy": models.spec(name).course_accuracy,
+           "capped": course and capped,
+           "settings": f"{recipe.optimizer} {recipe.learning_rate:g}, batch {recipe.batch_size}"}
+    fileio.write_json(folder.path / ZOO_FILE, row)
+    return row
+
+
+def run_zoo(data: Dataset | Callable[[], Dataset], out: str | os.PathLike, names: tuple[str, ...] = COURSE_MODELS,
             max_epochs: int | None = None, seed: int = 0, data_config: DataConfig = DataConfig(),
-            log: Callable[[str], None] = print, course: bool = True) -> list[dict]:
+            log: Callable[[str], None] = print, course: bool = True, jobs: int = 1,
+            shard: str | None = None) -> list[dict]:
     """Train and test each model in ``names`` at course (or own) settings; return one result row each.
 
-    Run again into the same ``out``, it keeps the models already done and resumes an interrupted one."""
+    ``data`` is the data set, or a function loading it (not called when the models train in other
+    processes: ``jobs`` > 1 or a ``shard``). Run again into the same ``out``, it keeps the models
+    already done and resumes an interrupted one."""
     check_zoo(names, max_epochs)
-    rows = []
-    for name in names:
-        folder = RunFolder(Path(out) / name)
-        done = folder.path / ZOO_FILE
-        if done.is_file():
-            log(f"== {name}: done already ({done})")
-            rows.append(json.loads(done.read_text()))
-            continue
-        overrides = zoo_recipe(name, max_epochs, course)
-        recipe = resolve_recipe(name, course, overrides)
-        log(f"== {name}: {recipe.summary()}")
-        config = TrainConfig(course=course, seed=seed, progress=False)
-        result = train(name, data, folder.path, config, overrides, data_config=data_config, log=log,
-                       resume=folder.is_run())
-        spec = models.spec(name)
-        row = {"model": name, "params": result.metrics["params"],
-               "epochs": round(result.metrics["steps"] * recipe.batch_size / len(data.train), 1),
-               "steps": result.metrics["steps"], "train_seconds": result.timing["train_seconds"],
-               "test_accuracy": result.metrics["test_accuracy"], "course_accuracy": spec.course_accuracy,
-               "capped": course and bool(overrides),
-               "settings": f"{recipe.optimizer} {recipe.learning_rate:g}, batch {recipe.batch_size}"}
-        fileio.write_json(done, row)
-        rows.append(row)
-        fileio.write_text(Path(out) / "results.md", results_markdown(collect_rows(out)))
+    if jobs > 1 or shard:
+        done = run_jobs(zoo_jobs(names, out, max_epochs, seed, data_config, course), jobs, shard, log)
+        rows = [zoo_row(job.name, job.folder, course, bool(zoo_recipe(job.name, max_epochs, course))) for job in done]
+    else:
+        rows = []
+        for name in names:
+            folder = RunFolder(Path(out) / name)
+            if folder.model_file.is_file() and folder.metrics_file.is_file():
+                log(f"== {name}: done already ({folder.path})")
+            else:
+                overrides = zoo_recipe(name, max_epochs, course)
+                log(f"== {name}: {resolve_recipe(name, course, overrides).summary()}")
+                data = data() if callable(data) else data
+                train(name, data, folder.path, TrainConfig(course=course, seed=seed, progress=False), overrides,
+                      data_config=data_config, log=log, resume=folder.is_run())
+            rows.append(zoo_row(name, folder, course, bool(zoo_recipe(name, max_epochs, course))))
+    fileio.write_text(Path(out) / "results.md", results_markdown(collect_rows(out)))
     return rows
 
 
