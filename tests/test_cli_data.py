@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -11,6 +17,8 @@ from PIL import Image
 
 from mnistlab import cli
 
+PR_CAPBSET_DROP = 24  # prctl(2) option: remove a capability from the bounding set
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # capabilities(7): root's bypass of file permissions
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -137,3 +145,150 @@ def test_data_info_help_shows_the_defaults(capsys) -> None:
                           ("--download", "True"), ("--json", "False")]:
         assert flag in out
         assert f"(default: {default})" in out, (flag, default)
+
+
+# ---------------------------------------------------------------- flags checked before work
+@pytest.mark.parametrize("argv,starts", [
+    (["data", "download", "--mirrors", "ftp://host/mnist/"], "--mirrors ftp://host/mnist/: expected comma-separated http"),
+    (["data", "download", "--download-deadline", "0"], "--download-deadline 0.0: expected a positive number of seconds"),
+    (["data", "download", "--download-retries", "-2"], "--download-retries -2: expected a whole number 0..10"),
+    (["data", "info", "--validation-size", "-1"], "--validation-size -1: expected a whole number, 0 or more"),
+    (["data", "verify", "--data-dir", ""], "--data-dir : expected a folder path"),
+])
+def test_bad_data_flags_exit_2_before_any_work(isolated_data_env: Path, capsys, argv: list[str], starts: str) -> None:
+    code, _, err = _run(capsys, *argv)
+    _assert_one_line_error(code, err, starts)
+    assert list(isolated_data_env.iterdir()) == []
+
+
+def test_download_help_shows_the_limits_with_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["data", "download", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--download-deadline" in out and "(default: 600.0)" in out
+    assert "--download-retries" in out and "(default: 2)" in out
+
+
+# ---------------------------------------------------------------- folders and files that cannot be used
+def test_cache_dir_that_is_a_file_exits_2_with_one_line(isolated_data_env: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = _run(capsys, "data", "download", "--cache-dir", str(blocker), "--mirrors", "http://127.0.0.1:9/")
+    _assert_one_line_error(code, err, f"{blocker / 'mnist'}: cannot create the folder")
+    assert "--cache-dir" in err
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "dangling symlink"])
+def test_something_else_in_place_of_a_file_is_a_missing_file(tiny_mnist_dir: Path, capsys, kind: str) -> None:
+    path = tiny_mnist_dir / "t10k-labels-idx1-ubyte.gz"
+    path.unlink()
+    {"directory": path.mkdir, "fifo": lambda: os.mkfifo(path),
+     "dangling symlink": lambda: path.symlink_to(path.parent / "nowhere")}[kind]()
+    for command in ("verify", "info"):
+        code, _, err = _run(capsys, "data", command, "--data-dir", str(tiny_mnist_dir), "--validation-size", "10")
+        _assert_one_line_error(code, err, f"--data-dir {tiny_mnist_dir}: expected the files")
+
+
+@pytest.fixture
+def shared_dir(tiny_mnist, tmp_path: Path) -> Iterator[Path]:
+    """A folder with ``data/`` holding the tiny .gz files; permissions are restored afterwards."""
+    folder = tmp_path / "perm"
+    shutil.copytree(tiny_mnist.gz_dir, folder / "data")
+    try:
+        yield folder
+    finally:
+        for path in (folder, *folder.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _drop_permission_bypass() -> None:
+    """In the child before exec: give up root's right to ignore file permissions.
+
+    Root with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH reads any file; without them, the
+    permission bits of its own files apply, as they do for any user."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _ordinary_env(home: Path) -> dict[str, str]:
+    """The environment of a child run: no MNISTLAB_* settings from outside, HOME and cache in ``home``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNISTLAB_")}
+    env.update(HOME=str(home), MNISTLAB_CACHE_DIR=str(home / "cache"), PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def ordinary_user(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], None] | None:
+    """The ``preexec_fn`` that makes a child obey file permissions (None when not root); skips
+    where none can, as checked once on a file of mode 000."""
+    preexec = _drop_permission_bypass if os.geteuid() == 0 else None
+    probe = tmp_path_factory.mktemp("probe") / "mode-000"
+    probe.write_text("")
+    probe.chmod(0)
+    try:
+        check = subprocess.run([sys.executable, "-c", f"import mnistlab.cli; open({str(probe)!r})"],
+                               env=_ordinary_env(probe.parent), preexec_fn=preexec, capture_output=True,
+                               text=True, timeout=120)
+    except OSError as exc:
+        pytest.skip(f"cannot drop root's permission bypass here: {exc}")
+    finally:
+        probe.chmod(0o644)
+    if "PermissionError" not in check.stderr:
+        pytest.skip(f"file permissions do not apply to a child process here: {check.stderr.strip()[-200:]}")
+    return preexec
+
+
+def _as_ordinary_user(preexec: Callable[[], None] | None, home: Path, *argv: str) -> subprocess.CompletedProcess:
+    """``mnistlab *argv`` in a fresh process where file permissions apply (root's bypass dropped)."""
+    return subprocess.run([sys.executable, "-m", "mnistlab.cli", *argv], env=_ordinary_env(home),
+                          preexec_fn=preexec, capture_output=True, text=True, timeout=120)
+
+
+def _assert_one_line(result: subprocess.CompletedProcess, starts: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"error: {starts}") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_verify_of_an_unreadable_file_is_one_line(ordinary_user, shared_dir: Path) -> None:
+    labels = shared_dir / "data" / "t10k-labels-idx1-ubyte.gz"
+    labels.chmod(0)
+    result = _as_ordinary_user(ordinary_user, shared_dir, "data", "verify", "--data-dir", str(shared_dir / "data"))
+    _assert_one_line(result, f"{labels}: cannot read (Permission denied); make it readable")
+
+
+def test_loading_an_unreadable_file_is_one_line(ordinary_user, shared_dir: Path) -> None:
+    images = shared_dir / "data" / "train-images-idx3-ubyte.gz"
+    images.chmod(0)
+    result = _as_ordinary_user(ordinary_user, shared_dir, "data", "info", "--data-dir", str(shared_dir / "data"), "--validation-size", "10")
+    _assert_one_line(result, f"{images}: cannot read (Permission denied); make it readable")
+
+
+@pytest.mark.parametrize("mode", [0, 0o600, 0o311], ids=["no access", "owner only", "no listing"])
+def test_an_unreadable_data_dir_is_one_line(ordinary_user, shared_dir: Path, mode: int) -> None:
+    folder = shared_dir / "data"
+    folder.chmod(mode)
+    result = _as_ordinary_user(ordinary_user, shared_dir, "data", "info", "--data-dir", str(folder))
+    _assert_one_line(result, f"{folder}: cannot read the folder (Permission denied); make it readable")
+
+
+def test_an_unreadable_cache_is_one_line(ordinary_user, shared_dir: Path) -> None:
+    cache = shared_dir / "cache"
+    cache.mkdir()
+    (shared_dir / "data").rename(cache / "mnist")
+    cache.chmod(0)
+    result = _as_ordinary_user(ordinary_user, shared_dir, "data", "info", "--no-download")
+    _assert_one_line(result, f"{cache / 'mnist'}: cannot read the folder (Permission denied)")
+
+
+def test_grid_out_that_cannot_be_written_is_one_line(tiny_mnist_dir: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = _run(capsys, "data", "grid", "--out", str(tmp_path), "--data-dir", str(tiny_mnist_dir), "--validation-size", "10")
+    _assert_one_line_error(code, err, f"--out {tmp_path}: is a folder; expected a PNG file name")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = _run(capsys, "data", "grid", "--out", str(blocker / "g.png"), "--data-dir", str(tiny_mnist_dir),
+                        "--validation-size", "10")
+    _assert_one_line_error(code, err, f"--out {blocker / 'g.png'}: cannot write (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "tiny"]  # tiny: the data set

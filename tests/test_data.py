@@ -80,10 +80,47 @@ def test_validation_is_the_first_n_training_images(tiny_mnist_dir: Path, tiny_mn
     np.testing.assert_array_equal(ds.validation.labels, tiny_mnist.arrays["train_labels"][:size])
 
 
-@pytest.mark.parametrize("size", [-1, 60, 5000])
-def test_invalid_validation_size_is_a_clear_error(tiny_mnist_dir: Path, size: int) -> None:
+@pytest.mark.parametrize("size", [60, 5000])
+def test_validation_size_over_the_training_file_is_a_clear_error(tiny_mnist_dir: Path, size: int) -> None:
     with pytest.raises(MnistlabError, match=rf"--validation-size {size}: expected 0\.\.59"):
         data.load(_config(tiny_mnist_dir, validation_size=size))
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("validation_size", -1, "--validation-size -1: expected a whole number, 0 or more"),
+    ("validation_size", 2.5, "--validation-size 2.5: expected a whole number, 0 or more"),
+    ("mirrors", ("ftp://host/mnist/",), "--mirrors ftp://host/mnist/: expected comma-separated http:// or https://"),
+    ("mirrors", ("https://ok/", "host/mnist"), "--mirrors https://ok/,host/mnist: expected comma-separated http"),
+    ("mirrors", ("http://",), "--mirrors http://: expected"),
+    ("download_deadline", 0, "--download-deadline 0: expected a positive number of seconds"),
+    ("download_deadline", float("nan"), "--download-deadline nan: expected a positive number of seconds"),
+    ("download_retries", -1, "--download-retries -1: expected a whole number 0..10"),
+    ("download_retries", 11, "--download-retries 11: expected a whole number 0..10"),
+    ("data_dir", "", "--data-dir : expected a folder path"),
+    ("cache_dir", " ", "--cache-dir  : expected a folder path"),
+    ("dataset", "emnist", "--dataset emnist: expected one of mnist, fashion-mnist"),
+    ("download", "yes", "--download yes: expected true or false"),
+])
+@pytest.mark.parametrize("entry", ["locate", "download", "load", "verify"])
+def test_every_field_is_checked_before_any_work(isolated_data_env: Path, entry: str, field: str, value, expected: str) -> None:
+    config = DataConfig(**{field: value})
+    with pytest.raises(MnistlabError) as info:
+        getattr(data, entry)(config)
+    assert str(info.value).startswith(expected)
+    assert list(isolated_data_env.iterdir()) == []  # nothing looked up or downloaded
+
+
+def test_a_dataset_added_to_the_table_is_a_valid_choice(tiny_mnist, monkeypatch) -> None:
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_mnist.facts)
+    assert data.locate(DataConfig(dataset="tiny", data_dir=str(tiny_mnist.gz_dir), download=False))[2] == "--data-dir"
+
+
+@pytest.mark.parametrize("value", ["ftp://h/m/", "https://ok/, not a url"])
+def test_mirrors_from_the_environment_are_checked(isolated_data_env: Path, monkeypatch, value: str) -> None:
+    monkeypatch.setenv(data.MIRRORS_ENV, value)
+    with pytest.raises(MnistlabError, match=rf"^\${data.MIRRORS_ENV}: '[^']+' is not an http\(s\) URL"):
+        data.download(DataConfig())
+    assert list(isolated_data_env.iterdir()) == []
 
 
 def test_split_by_name(tiny_mnist_dir: Path) -> None:
@@ -138,6 +175,26 @@ def test_images_of_another_type_code_name_the_file(tiny_mnist_dir: Path) -> None
     with pytest.raises(MnistlabError, match="float32") as info:
         data.load(_config(tiny_mnist_dir))
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("prefix", ["train", "test"])
+def test_a_file_of_zero_images_is_refused_at_load(tiny_mnist_dir: Path, prefix: str) -> None:
+    images = _broken(tiny_mnist_dir, f"{prefix}_images", np.zeros((0, 28, 28), dtype=np.uint8))
+    _broken(tiny_mnist_dir, f"{prefix}_labels", np.zeros(0, dtype=np.uint8))
+    with pytest.raises(MnistlabError, match=rf"^{images}: holds 0 images; expected at least one$"):
+        data.load(_config(tiny_mnist_dir, validation_size=0))
+
+
+def test_multi_member_gzip_files_load(tiny_mnist) -> None:
+    import gzip
+
+    for role, content in tiny_mnist.contents.items():  # each file as three members, as pigz/bgzip/cat write
+        cuts = (0, 7, len(content) // 2, len(content))
+        _file(tiny_mnist.gz_dir, role).write_bytes(b"".join(gzip.compress(content[a:b]) for a, b in zip(cuts, cuts[1:])))
+    ds = data.load(_config(tiny_mnist.gz_dir))
+    np.testing.assert_array_equal(ds.test.labels, tiny_mnist.arrays["test_labels"])
+    np.testing.assert_array_equal(np.round(ds.train.images[..., 0] * 255), tiny_mnist.arrays["train_images"][10:])
+    assert all(data.verify_file(_file(tiny_mnist.gz_dir, role), fact) for role, fact in tiny_mnist.facts.files.items())
 
 
 def test_truncated_file_in_a_data_set_names_the_file(tiny_mnist) -> None:

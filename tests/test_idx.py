@@ -127,6 +127,52 @@ def test_data_after_the_gzip_stream_is_rejected(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("cuts", [(0, 2), (0, 8), (0, 100), (0, 0, 50, 50), (0, 16, 1000, 2000)], ids=str)
+def test_multi_member_gzip_is_read_as_gzip_reads_it(tmp_path: Path, cuts: tuple[int, ...]) -> None:
+    content = idx.encode_idx(IMAGES)
+    cuts = (*cuts, len(content))
+    raw = b"".join(gzip.compress(content[a:b], mtime=0) for a, b in zip(cuts, cuts[1:]))
+    assert gzip.decompress(raw) == content  # the oracle: Python's gzip module
+    path = tmp_path / "x.gz"
+    path.write_bytes(raw)
+    np.testing.assert_array_equal(idx.read_idx(path), IMAGES)
+    path.write_bytes(raw[:-1])  # a cut-off last member is still truncated
+    with pytest.raises(MnistlabError, match="truncated|corrupt"):
+        idx.read_idx(path)
+
+
+def test_multi_member_gzip_with_zero_padding_between_members(tmp_path: Path) -> None:
+    content = idx.encode_idx(LABELS)
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(content[:5]) + bytes(7) + gzip.compress(content[5:]) + bytes(3))
+    np.testing.assert_array_equal(idx.read_idx(path), LABELS)
+
+
+def test_multi_member_gzip_with_more_content_than_the_header_is_rejected(tmp_path: Path) -> None:
+    content = idx.encode_idx(LABELS)
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(content[:5]) + gzip.compress(content[5:] + b"\x01"))
+    with pytest.raises(MnistlabError, match="trailing bytes beyond header shape"):
+        idx.read_idx(path)
+    path.write_bytes(gzip.compress(content[:5]) + gzip.compress(content[5:]) + b"junk")
+    with pytest.raises(MnistlabError, match="corrupt gzip") as info:
+        idx.read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_many_member_gzip_bomb_stops_at_the_declared_size() -> None:
+    header = idx.encode_idx(np.zeros((1, 28, 28), dtype=np.uint8))
+    member = gzip.compress(bytes(1 << 20), compresslevel=1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MnistlabError, match="trailing bytes"):
+            idx.gunzip_bounded(gzip.compress(header) + member * 20, "bomb.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
 def test_gzip_zero_padding_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(idx.encode_idx(LABELS), mtime=0) + bytes(16))

@@ -8,6 +8,7 @@ copy (Debian's ``dataset-fashion-mnist``), then a download into the cache from p
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -16,8 +17,8 @@ from typing import Iterator
 
 import numpy as np
 
-from mnistlab.config import option
-from mnistlab.download import download_file
+from mnistlab import download as downloader
+from mnistlab.config import option, validate
 from mnistlab.errors import MnistlabError
 from mnistlab.idx import decompressed_bytes, parse_idx
 
@@ -91,16 +92,38 @@ DATASETS: dict[str, DatasetFacts] = {
 }
 
 
+PATH_CHECK = (lambda v: isinstance(v, str) and v.strip() != "", "a folder path")
+MIRRORS_CHECK = (lambda v: all(downloader.is_http_url(u) for u in v),
+                 "comma-separated http:// or https:// base URLs, e.g. https://host/mnist/")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set, where to find it, and how to split it."""
+    """Which data set, where to find it, how to download it, and how to split it."""
 
-    dataset: str = option("mnist", "data set", choices=tuple(DATASETS))
-    data_dir: str | None = option(None, "folder holding the four IDX files (or a <dataset>/ subfolder)")
-    cache_dir: str | None = option(None, f"cache root (else ${CACHE_DIR_ENV} or ~/.cache/mnistlab)")
-    validation_size: int = option(5000, "validation images, taken from the start of the training file")
-    download: bool = option(True, "download from the mirrors when there is no local copy")
-    mirrors: tuple[str, ...] = option((), f"mirror base URL to try instead of the built-in list (or ${MIRRORS_ENV})")
+    # choices is the live key view, so a data set added to DATASETS (tests add "tiny") is known
+    dataset: str = option("mnist", "data set", choices=DATASETS.keys())
+    data_dir: str | None = option(None, "folder holding the four IDX files (or a <dataset>/ subfolder)",
+                                  check=PATH_CHECK)
+    cache_dir: str | None = option(None, f"cache root (else ${CACHE_DIR_ENV} or ~/.cache/mnistlab)",
+                                   check=PATH_CHECK)
+    validation_size: int = option(5000, "validation images, taken from the start of the training file",
+                                  check=(lambda v: type(v) is int and v >= 0, "a whole number, 0 or more"))
+    download: bool = option(True, "download from the mirrors when there is no local copy",
+                            check=(lambda v: isinstance(v, bool), "true or false"))
+    mirrors: tuple[str, ...] = option((), f"mirror base URL to try instead of the built-in list (or ${MIRRORS_ENV})",
+                                      check=MIRRORS_CHECK)
+    download_deadline: float = option(downloader.Limits.deadline_s,
+                                      "seconds one file may take from one mirror, however slowly it arrives",
+                                      check=(lambda v: 0 < v < math.inf, "a positive number of seconds"))
+    download_retries: int = option(downloader.Limits.retries,
+                                   "retries of a mirror after a transient failure (refused, reset, timeout, "
+                                   "HTTP 5xx), waiting 1 s, 2 s, 4 s, ... before each",
+                                   check=(lambda v: type(v) is int and 0 <= v <= 10, "a whole number 0..10"))
+
+    def limits(self) -> downloader.Limits:
+        """The download limits these settings ask for."""
+        return downloader.Limits(deadline_s=float(self.download_deadline), retries=self.download_retries)
 
 
 @dataclass(frozen=True)
@@ -151,20 +174,35 @@ def mirrors_for(config: DataConfig) -> tuple[str, ...]:
     if config.mirrors:
         return config.mirrors
     if os.environ.get(MIRRORS_ENV):
-        return tuple(u.strip() for u in os.environ[MIRRORS_ENV].split(",") if u.strip())
+        mirrors = tuple(u.strip() for u in os.environ[MIRRORS_ENV].split(",") if u.strip())
+        for url in mirrors:
+            if not downloader.is_http_url(url):
+                raise MnistlabError(f"${MIRRORS_ENV}: {url!r} is not an http(s) URL; expected {MIRRORS_CHECK[1]}")
+        return mirrors
     return facts_for(config.dataset).mirrors
 
 
+def _unreadable(path: Path, exc: OSError, what: str) -> MnistlabError:
+    """The one-line error for an OS error on ``path``: which path, what failed, what to do."""
+    return MnistlabError(f"{path}: cannot read the {what} ({exc.strerror or exc}); make it readable "
+                         f"(check its permissions) or point --data-dir elsewhere")
+
+
 def find_files(folder: Path, facts: DatasetFacts) -> dict[str, Path] | None:
-    """Map each role to ``<name>.gz`` or ``<name>`` in ``folder``; None unless all four exist."""
+    """Map each role to ``<name>.gz`` or ``<name>`` in ``folder``; None unless all four exist.
+
+    A folder that exists but cannot be searched is a MnistlabError, not a missing copy."""
     found = {}
-    for role, fact in facts.files.items():
-        for candidate in (folder / (fact.name + ".gz"), folder / fact.name):
-            if candidate.is_file():
-                found[role] = candidate
-                break
-        else:
-            return None
+    try:
+        for role, fact in facts.files.items():
+            for candidate in (folder / (fact.name + ".gz"), folder / fact.name):
+                if candidate.is_file():  # a folder, FIFO or dangling link of that name is no file
+                    found[role] = candidate
+                    break
+            else:
+                return None
+    except OSError as exc:  # pathlib passes over ENOENT/ENOTDIR, raises EACCES and the like
+        raise _unreadable(folder, exc, "folder") from None
     return found
 
 
@@ -185,6 +223,13 @@ def other_dataset(files: dict[str, Path], facts: DatasetFacts) -> str | None:
 def _in_folder(folder: Path, facts: DatasetFacts) -> tuple[Path, dict[str, Path]] | None:
     """Look for the files in ``folder/<dataset>`` first, then in ``folder`` itself,
     passing over a folder that holds another known data set."""
+    try:  # name the folder itself when it cannot be listed (r) or searched (x), not a subfolder
+        os.scandir(folder).close()
+        os.stat(os.path.join(folder, os.curdir))  # pathlib would drop the "."
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise _unreadable(folder, exc, "folder") from None
     for candidate in (folder / facts.name, folder):
         files = find_files(candidate, facts)
         if files and not other_dataset(files, facts):
@@ -194,6 +239,7 @@ def _in_folder(folder: Path, facts: DatasetFacts) -> tuple[Path, dict[str, Path]
 
 def locate(config: DataConfig) -> tuple[Path, dict[str, Path], str]:
     """Find (or download) the four files; return (folder, role -> path, how it was found)."""
+    validate(config)
     facts = facts_for(config.dataset)
     if config.data_dir:
         folder = Path(config.data_dir).expanduser()
@@ -225,15 +271,18 @@ def locate(config: DataConfig) -> tuple[Path, dict[str, Path], str]:
 
 def download(config: DataConfig, progress: bool = True) -> dict[str, Path]:
     """Download the four files into the cache, skipping ones already there and verified."""
+    validate(config)
     facts = facts_for(config.dataset)
     folder = cache_root(config) / facts.name
+    mirrors = mirrors_for(config)
     files = {}
     for role, fact in facts.files.items():
         existing = find_files(folder, DatasetFacts(facts.name, {role: fact}, (), ()))
         if existing and verify_file(existing[role], fact):
             files[role] = existing[role]
             continue
-        files[role] = download_file(fact.name + ".gz", folder, mirrors_for(config), fact.sha256, progress)
+        files[role] = downloader.download_file(fact.name + ".gz", folder, mirrors, fact.sha256,
+                                                fact.content_bytes, config.limits(), progress)
     return files
 
 
@@ -243,6 +292,9 @@ def verify_file(path: Path, fact: FileFact) -> bool:
         content = decompressed_bytes(path.read_bytes(), str(path))
     except MnistlabError:
         return False
+    except OSError as exc:
+        raise MnistlabError(f"{path}: cannot read ({exc.strerror or exc}); make it readable, or delete "
+                            f"it and run `mnistlab data download`") from None
     return hashlib.sha256(content).hexdigest() == fact.sha256
 
 
@@ -252,7 +304,8 @@ def _read_four(files: dict[str, Path]) -> dict[str, np.ndarray]:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise MnistlabError(f"{path}: cannot read ({exc.strerror})") from None
+            raise MnistlabError(f"{path}: cannot read ({exc.strerror or exc}); make it readable "
+                                f"(check its permissions) or replace it") from None
         return parse_idx(decompressed_bytes(raw, str(path)), str(path))
 
     with ThreadPoolExecutor(max_workers=len(files)) as pool:
@@ -272,6 +325,8 @@ def check_arrays(images: np.ndarray, labels: np.ndarray, images_path: Path, labe
         raise MnistlabError(
             f"{labels_path}: {len(labels)} labels but {images_path} has {len(images)} images; expected equal counts"
         )
+    if len(images) == 0:  # nothing to train on, or an accuracy of 0/0
+        raise MnistlabError(f"{images_path}: holds 0 images; expected at least one")
     if len(labels) and labels.max() >= NUM_CLASSES:
         bad = int(np.argmax(labels >= NUM_CLASSES))
         raise MnistlabError(f"{labels_path}: label {labels[bad]} at index {bad}; expected 0..9")
@@ -323,8 +378,8 @@ def load(config: DataConfig = DataConfig(), flatten: bool = False, one_hot_label
 
 def verify(config: DataConfig) -> dict[str, tuple[Path, bool]]:
     """Check each local file's decompressed SHA-256 against the table; role -> (path, ok)."""
+    folder, files, _ = locate(replace(validate(config), download=False))
     facts = facts_for(config.dataset)
-    folder, files, _ = locate(replace(config, download=False))
     return {role: (path, verify_file(path, facts.files[role])) for role, path in files.items()}
 
 

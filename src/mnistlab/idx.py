@@ -7,6 +7,7 @@ big-endian uint32 per dimension, then the values in C order. Files may be gzip-c
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
@@ -77,31 +78,53 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
+def _inflate(raw: bytes, limit: int, name: str) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the content of gzip data ``raw``, read across all its members.
+
+    A gzip file may hold several members one after another (``cat a.gz b.gz``, pigz, bgzip);
+    its content is theirs joined, as gzip(1) reads it. Returns ``(content, complete)``; complete
+    is False when the input stops inside a member. Corrupt data, or bytes after the last member
+    other than zero padding (which gzip(1) allows), raise MnistlabError.
+    """
+    data = b""
+    try:
+        # One call inflates the usual single-member file with no copy of the output.
+        inflater = zlib.decompressobj(wbits=GZIP_WBITS)
+        data = inflater.decompress(raw, limit)
+        if len(data) >= limit or not inflater.eof:
+            return data, inflater.eof
+        rest = inflater.unused_data.lstrip(b"\0")
+        if not rest:
+            return data, True
+        if rest[:2] != GZIP_MAGIC:
+            raise MnistlabError(f"{name}: has trailing bytes after the end of the gzip stream")
+        # Further members: gzip reads its input in bounded chunks (no quadratic re-copying of
+        # the rest per member) and stops at the output limit (no bomb).
+        with gzip.GzipFile(fileobj=io.BytesIO(rest)) as members:
+            return data + members.read(limit - len(data)), True
+    except EOFError:  # the gzip module's word for a member cut off
+        return data, False
+    except (zlib.error, OSError) as exc:  # gzip.BadGzipFile is an OSError
+        raise MnistlabError(f"{name}: corrupt gzip data ({exc})") from None
+
+
 def gunzip_bounded(raw: bytes, name: str = "<bytes>") -> bytes:
     """Decompress a gzip'd IDX file, never producing more bytes than its own header declares.
 
     A forged header or a decompression bomb therefore cannot make us allocate more than the
     1 GiB payload limit, and a cut-off stream is an error rather than silently short data.
+    Multi-member files are read as gzip(1) reads them.
     """
-    try:
-        # A throwaway inflater reads just the header; a fresh one then inflates the whole stream
-        # in one call, up to one byte past the declared size (so extra data shows) -- no
-        # head + rest concatenation, which copied the 47 MB training images once more.
-        head = zlib.decompressobj(wbits=GZIP_WBITS).decompress(raw, MAGIC_BYTES + DIM_BYTES * MAX_NDIM)
-        dtype, shape, header_size = _parse_header(head, name)
-        expected = header_size + _payload_bytes(dtype, shape, name)
-        inflater = zlib.decompressobj(wbits=GZIP_WBITS)
-        data = inflater.decompress(raw, expected + 1)
-    except zlib.error as exc:
-        raise MnistlabError(f"{name}: corrupt gzip data ({exc})") from None
+    head, _ = _inflate(raw, MAGIC_BYTES + DIM_BYTES * MAX_NDIM, name)
+    dtype, shape, header_size = _parse_header(head, name)
+    expected = header_size + _payload_bytes(dtype, shape, name)
+    data, complete = _inflate(raw, expected + 1, name)  # one byte past the declared size shows extra data
     if len(data) > expected:
         raise MnistlabError(f"{name}: has trailing bytes beyond header shape {shape} ({expected} bytes)")
-    if not inflater.eof or len(data) < expected:  # output stopped short of the limit: input ran out
+    if not complete or len(data) < expected:
         raise MnistlabError(
             f"{name}: truncated gzip stream ({len(data)} of {expected} bytes decompressed)"
         )
-    if inflater.unused_data.strip(b"\0"):  # zero padding is allowed, as gzip(1) allows it
-        raise MnistlabError(f"{name}: has trailing bytes after the end of the gzip stream")
     return data
 
 
