@@ -1,4 +1,5 @@
-"""Ensembles: average the class probabilities of several trained runs and evaluate the average."""
+"""Ensembles: average the class probabilities of several trained runs and evaluate the average
+(without TensorFlow when every run has its checked ``model.tflite`` and LiteRT is installed)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 from mnistlab.data import Split
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import Evaluation, evaluate_logits
-from mnistlab.inference import predict_logits, softmax
-from mnistlab.runs import load_model
+from mnistlab.inference import softmax
+from mnistlab.runs import load_predictor
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,13 @@ def average_probabilities(member_logits: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def evaluate_ensemble(runs: Sequence[str | os.PathLike], split: Split) -> EnsembleResult:
-    """Load each run's ``model.keras``, average the probabilities on ``split``, evaluate.
+    """Load each run (its ``model.tflite`` on LiteRT when current, else ``model.keras``: see
+    ``runs.load_predictor``), average the probabilities on ``split``, evaluate.
 
     The averaged probabilities go through ``evaluate_logits`` as log-probabilities, so the loss
     is the ensemble's cross-entropy and its predictions are the argmax of the average.
     """
-    member_logits = [predict_logits(load_model(run), split.images) for run in runs]
+    member_logits = [load_predictor(run).logits(split.images) for run in runs]
     accuracies = tuple(evaluate_logits(z, split.labels).accuracy for z in member_logits)
     mean = average_probabilities(member_logits)
     log_mean = np.log(np.maximum(mean, np.finfo(np.float64).tiny)).astype(np.float32)

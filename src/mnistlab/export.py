@@ -4,8 +4,12 @@
 float32 ``(None, 28, 28, 1)`` in [0, 1] and returning ``(None, 10)`` logits, as TensorFlow
 Serving expects; serve it by placing ``out`` as a numbered version folder (``models/cnn/1``) and
 pointing ``--model_base_path`` at ``models/cnn``. ``export(run, "tflite", out)`` writes
-``out/model.tflite`` (float32, built-in ops only). Both hold ``mnistlab.json`` (name, parameter
-count, test metrics) so ``mnistlab predict`` and ``serve`` report the same model facts.
+``out/model.tflite`` (built-in ops only): float32, or with ``quantize`` float16 weights or int8
+weights and activations (post-training, calibrated on training images; float32 in and out).
+Both hold ``mnistlab.json`` (name, parameter count, test metrics, and ``check``: the export
+against the Keras model on the run's test images) so ``mnistlab predict`` and ``serve`` report
+the same model facts. ``write_run_tflite`` keeps a run folder's own ``model.tflite`` (written
+by training and by ``export`` without ``out``), tied to its ``model.keras``.
 
 The folder is built beside ``out`` and renamed into place when complete (``--force`` replaces
 an existing one), so a failed export leaves nothing half-written.
@@ -18,36 +22,85 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mnistlab import fileio
 from mnistlab.errors import MnistlabError
-from mnistlab.inference import INPUT_SHAPE, METADATA_FILE, SAVED_MODEL_METADATA, TFLITE_FILE, Predictor
-from mnistlab.runs import load_predictor
+from mnistlab.inference import (INPUT_SHAPE, METADATA_FILE, SAVED_MODEL_METADATA, TFLITE_FILE, Predictor,
+                                load_model_file, quiet_stderr)
+from mnistlab.modelcheck import first_line
+from mnistlab.runs import RunFolder, load_predictor
 
 FORMATS = ("savedmodel", "tflite")
+QUANTIZATIONS = ("int8", "float16")
+CALIBRATION_IMAGES = 500  # training images that set the int8 scales (TFLite's guide: 100-500)
+TFLITE_TOLERANCE = 1e-5  # largest probability difference at which model.tflite may answer for model.keras
 
 
-def export(run: str | os.PathLike, fmt: str, out: str | os.PathLike, force: bool = False) -> Path:
-    """Export the Keras model of ``run`` (run folder or ``.keras`` file) as ``fmt`` into folder ``out``."""
+def export(run: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, force: bool = False,
+           quantize: str | None = None, data: Any = None) -> Path:
+    """Export the Keras model of ``run`` (run folder or ``.keras`` file) as ``fmt`` into folder ``out``.
+
+    ``quantize`` (tflite only): ``int8`` (full-integer, scales from ``CALIBRATION_IMAGES``
+    training images; float32 in and out) or ``float16`` (weights). ``data`` (a ``Dataset``;
+    default: the run's own) calibrates int8 and checks the export on its test split: digits
+    that differ, largest logit and probability differences, accuracy before and after.
+    Without ``out``, a float32 ``tflite`` goes into the run folder itself (``model.tflite``,
+    which predict/serve use when it agrees with ``model.keras``)."""
     if fmt not in FORMATS:
         raise MnistlabError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    predictor = load_predictor(run)
+    if quantize is not None and (quantize not in QUANTIZATIONS or fmt != "tflite"):
+        raise MnistlabError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)} with --format tflite")
+    predictor = load_predictor(run, keras=True)
     if predictor.keras_model is None:
         raise MnistlabError(f"{run}: is a {predictor.format} model; export needs a run folder or a .keras file")
+    folder = RunFolder(Path(run))
+    if out is None:
+        if fmt != "tflite" or quantize or not folder.is_run():
+            raise MnistlabError("--out: required, except for a float32 --format tflite of a run folder "
+                                "(written into the run folder as model.tflite)")
+        dataset = data if data is not None else run_dataset(run, required=True)
+        refusals: list[str] = []
+        if write_run_tflite(folder, predictor.keras_model, dataset.test.images, log=refusals.append) is None:
+            raise MnistlabError(f"{folder.path}: {refusals[-1]}")
+        return folder.path
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
         raise MnistlabError(f"--out {out}: already exists; choose a new folder or pass --force to replace it")
+    dataset = data if data is not None else run_dataset(run, required=quantize == "int8")
     metadata = {"model": predictor.name, "parameters": predictor.parameters, **predictor.metrics,
-                "exported_from": str(predictor.source), "format": fmt}
+                "exported_from": str(predictor.source), "format": fmt, "quantize": quantize}
     with _building(out) as tmp:
         if fmt == "savedmodel":
             write_saved_model(predictor.keras_model, tmp)
-            fileio.write_json(tmp / SAVED_MODEL_METADATA, metadata)
+            exported_path, metadata_path = tmp, tmp / SAVED_MODEL_METADATA
         else:
-            fileio.write_bytes(tmp / TFLITE_FILE, tflite_bytes(predictor.keras_model))
-            fileio.write_json(tmp / METADATA_FILE, metadata)
+            calibration = dataset.train.images[:CALIBRATION_IMAGES] if quantize == "int8" else None
+            content = tflite_bytes(predictor.keras_model, quantize, calibration)
+            fileio.write_bytes(tmp / TFLITE_FILE, content)
+            exported_path, metadata_path = tmp / TFLITE_FILE, tmp / METADATA_FILE
+            metadata["bytes"] = len(content)
+        if dataset is not None:
+            exported = load_model_file(exported_path)
+            metadata["check"] = check_export(predictor, exported, dataset.test.images, dataset.test.labels)
+        fileio.write_json(metadata_path, metadata)
     return out
+
+
+def run_dataset(run: str | os.PathLike, required: bool) -> Any:
+    """The data set a run folder was trained on (its ``config.json`` "data"), or None for a
+    ``.keras`` file when not ``required``."""
+    folder = RunFolder(Path(run))
+    saved = folder.read_config().get("data") if folder.is_run() else None
+    if not isinstance(saved, dict):
+        if required:
+            raise MnistlabError(f"{run}: no data settings (config.json \"data\"); --quantize int8 and a run "
+                                f"folder's model.tflite need the run's training and test images")
+        return None
+    from mnistlab import data
+    from mnistlab.config import from_json
+
+    return data.load(from_json(data.DataConfig, saved))
 
 
 def write_saved_model(model: Any, folder: Path) -> None:
@@ -58,19 +111,60 @@ def write_saved_model(model: Any, folder: Path) -> None:
     model.export(str(folder), format="tf_saved_model", verbose=False, input_signature=[spec])
 
 
-def tflite_bytes(model: Any) -> bytes:
-    """The model as a float32 TFLite flat buffer, built-in ops only (converted via a SavedModel,
-    the path TensorFlow documents for Keras 3)."""
+def tflite_bytes(model: Any, quantize: str | None = None, calibration: Any = None) -> bytes:
+    """The model as a TFLite flat buffer, built-in ops only (converted via a SavedModel, the
+    path TensorFlow documents for Keras 3): float32, or ``quantize`` ``float16`` (weights) or
+    ``int8`` (weights and activations, scales from ``calibration`` images ``(N, 28, 28, 1)``;
+    the model still takes and gives float32, quantized at its edges)."""
+    import numpy as np
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="mnistlab-tflite-") as tmp:
         write_saved_model(model, Path(tmp) / "saved")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved"))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            images = np.asarray(calibration, np.float32)
+            converter.representative_dataset = lambda: ([image[None]] for image in images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         try:
-            return converter.convert()
+            with quiet_stderr():  # the converter's C++ log lines
+                return converter.convert()
         except Exception as exc:  # the converter raises ConverterError and friends
             raise MnistlabError(f"TFLite conversion failed: {str(exc).splitlines()[0][:300]}") from None
+
+
+def write_run_tflite(folder: RunFolder, model: Any, images: Any, log: Callable[[str], None] = print) -> dict | None:
+    """Convert a run's model to ``model.tflite`` and check it against ``model`` on ``images``;
+    kept only when every probability agrees within ``TFLITE_TOLERANCE``, so predict and serve
+    answer the same from either file. On failure: one line to ``log``, no ``model.tflite``
+    (a stale one is removed), and None: training goes on without it."""
+    from mnistlab.inference import compile_inference
+
+    try:
+        content = tflite_bytes(model)
+        with tempfile.TemporaryDirectory(prefix="mnistlab-tflite-") as tmp:
+            fileio.write_bytes(Path(tmp) / TFLITE_FILE, content)
+            keras_call = compile_inference(model)
+            reference = Predictor("keras", "keras", folder.model_file, None, {}, call=keras_call)
+            check = check_export(reference, load_model_file(Path(tmp) / TFLITE_FILE), images)
+    except Exception as exc:  # any failure here must not fail the training that called it
+        folder.remove_tflite()
+        log(f"model.tflite not written ({first_line(exc)}); predict and serve will use model.keras")
+        return None
+    if check["max_abs_probability_diff"] > TFLITE_TOLERANCE:
+        folder.remove_tflite()
+        log(f"model.tflite not kept: its probabilities differ from model.keras by up to "
+            f"{check['max_abs_probability_diff']:.2g} (> {TFLITE_TOLERANCE:g}); predict and serve will use model.keras")
+        return None
+    folder.write_tflite(content, {**check, "accepted": True, "parameters": int(model.count_params())})
+    log(f"wrote {folder.tflite_file.name}: probabilities within {check['max_abs_probability_diff']:.1g} of "
+        f"{folder.model_file.name} on {check['images']:,} test images")
+    return check
 
 
 @contextlib.contextmanager
@@ -89,10 +183,40 @@ def _building(out: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_export(original: Predictor, exported: Predictor, images: Any) -> dict[str, Any]:
-    """Compare two predictors on ``images``: digits that differ, and the largest logit difference."""
+def read_check(out: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``check`` an export recorded (export folder or run folder), or None."""
+    out = Path(out)
+    folder = RunFolder(out)
+    if folder.is_run():
+        return folder.read_tflite_check()
+    for metadata in (out / METADATA_FILE, out / SAVED_MODEL_METADATA):
+        if metadata.is_file():
+            return (fileio.read_json(metadata) or {}).get("check")
+    return None
+
+
+def describe_check(check: dict[str, Any]) -> str:
+    """One line: how the export compares with the Keras model on the test images."""
+    line = (f"checked on {check['images']:,} test images: {check['different_digits']} digits differ from the "
+            f"Keras model, probabilities by at most {check['max_abs_probability_diff']:.2g}")
+    if "exported_accuracy" in check:
+        line += (f"; accuracy {check['exported_accuracy']:.2%} (Keras {check['accuracy']:.2%}, "
+                 f"{check['accuracy_change_points']:+.2f} points)")
+    return line
+
+
+def check_export(original: Predictor, exported: Predictor, images: Any, labels: Any = None) -> dict[str, Any]:
+    """Compare two predictors on ``images``: digits that differ, largest logit and probability
+    differences, and with ``labels`` both accuracies and the change in percentage points."""
     import numpy as np
 
+    from mnistlab.inference import softmax
+
     a, b = original.logits(images), exported.logits(images)
-    return {"images": len(images), "different_digits": int((a.argmax(1) != b.argmax(1)).sum()),
-            "max_abs_logit_diff": float(np.abs(a - b).max()) if len(images) else 0.0}
+    result: dict[str, Any] = {"images": len(images), "different_digits": int((a.argmax(1) != b.argmax(1)).sum()),
+                              "max_abs_logit_diff": float(np.abs(a - b).max()) if len(images) else 0.0,
+                              "max_abs_probability_diff": float(np.abs(softmax(a) - softmax(b)).max()) if len(images) else 0.0}
+    if labels is not None and len(images):
+        before, after = float((a.argmax(1) == labels).mean()), float((b.argmax(1) == labels).mean())
+        result.update(accuracy=before, exported_accuracy=after, accuracy_change_points=round(100 * (after - before), 4))
+    return result

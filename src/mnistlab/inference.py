@@ -4,17 +4,19 @@
 Accepted: a ``.keras`` file, a SavedModel folder (``saved_model.pb``, as ``mnistlab export
 --format savedmodel`` writes) and a ``.tflite`` file or a folder holding ``model.tflite``. Run
 folders are ``runs.load_predictor``'s: it reads the run's own files and calls ``load_model_file``.
-Models are data, never code from the file:
+Models are data, never code from the file. Each format is parsed and checked by ``modelcheck``
+before anything loads it (an op allowlist for SavedModels, a layer allowlist and bounded sizes for
+``.keras``, built-in ops and bounded tensors for ``.tflite``), then loaded:
 
-- ``.keras`` loads with ``keras.saving.load_model(..., safe_mode=True)``, which refuses layers
-  that carry Python (``Lambda``) and arbitrary classes;
-- a SavedModel is a graph of TensorFlow ops (no Python is saved in it); its serving function is
-  also refused if it contains ops that touch files or call Python (``ReadFile``, ``PyFunc``...);
-- a ``.tflite`` file runs only TFLite's built-in ops (no custom or Flex ops);
+- ``.keras`` with ``keras.saving.load_model(..., safe_mode=True)``;
+- a SavedModel with ``tf.saved_model.load`` (its graph holds tensor maths only);
+- a ``.tflite`` file with LiteRT (``ai-edge-litert``; TensorFlow's deprecated ``tf.lite`` where
+  LiteRT is not installed), built-in ops only; int8/uint8 inputs and outputs are quantized here;
 - ``.h5``, pickles and anything else are refused with the list above.
 
-This module imports nothing of the package but ``errors`` and ``fileio``, and TensorFlow only
-inside the functions that need it.
+Every loaded model answers one blank image under a deadline (``probe``) before it is returned.
+This module imports nothing of the package but ``errors``, ``fileio`` and ``modelcheck``, and
+TensorFlow only inside the functions that need it: a ``.tflite`` model on LiteRT runs without it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mnistlab import fileio
+from mnistlab import fileio, modelcheck
 from mnistlab.errors import MnistlabError
 
 INPUT_SHAPE = (28, 28, 1)
@@ -43,9 +45,6 @@ SAVED_MODEL_METADATA = Path("assets.extra") / METADATA_FILE  # TF Serving ignore
 BATCH = 1024  # images per model call when predicting many
 ACCEPTED = ("a run folder (holding model.keras), a .keras file, a SavedModel folder (holding "
             "saved_model.pb) or a .tflite file (or a folder holding model.tflite)")
-# Op-name fragments a digit classifier never needs: file and checkpoint I/O, Python calls.
-FORBIDDEN_OP_PARTS = ("File", "PyFunc", "Save", "Restore", "Reader", "Writer", "Dataset",
-                      "Summary", "ImmutableConst", "Debug")
 
 
 # ---------------------------------------------------------------------------- maths
@@ -123,10 +122,12 @@ def model_metrics(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- loading
-def load_model_file(path: str | os.PathLike, name: str | None = None,
-                    metrics: dict[str, Any] | None = None) -> Predictor:
-    """Load a model file or format folder (see ``ACCEPTED``) into a Predictor; a clear error for
-    anything else. ``name`` and ``metrics`` override what the file's metadata says."""
+def load_model_file(path: str | os.PathLike, name: str | None = None, metrics: dict[str, Any] | None = None,
+                    threads: int | None = None) -> Predictor:
+    """Load a model file or format folder (see ``ACCEPTED``) into a Predictor, checked before
+    loading (``modelcheck``) and probed with one blank image under a deadline; a clear error for
+    anything else. ``name`` and ``metrics`` override what the file's metadata says; ``threads``
+    sizes a ``.tflite`` interpreter (default: every usable core)."""
     path = Path(path)
     if path.is_dir():
         if (path / KERAS_FILE).is_file():
@@ -134,7 +135,7 @@ def load_model_file(path: str | os.PathLike, name: str | None = None,
         elif (path / SAVED_MODEL_FILE).is_file():
             predictor = _saved_model_predictor(path)
         elif (path / TFLITE_FILE).is_file():
-            predictor = _tflite_predictor(path / TFLITE_FILE)
+            predictor = tflite_predictor(path / TFLITE_FILE, threads=threads)
         else:
             raise MnistlabError(f"{path}: no {KERAS_FILE}, {SAVED_MODEL_FILE} or {TFLITE_FILE} in this folder; "
                                 f"expected {ACCEPTED}")
@@ -143,7 +144,7 @@ def load_model_file(path: str | os.PathLike, name: str | None = None,
     elif path.suffix.lower() == ".keras":
         predictor = _keras_predictor(path)
     elif path.suffix.lower() == ".tflite":
-        predictor = _tflite_predictor(path)
+        predictor = tflite_predictor(path, threads=threads)
     else:
         raise MnistlabError(f"{path}: {path.suffix.lower() or 'this'} files are not loaded (they can carry code); "
                             f"expected {ACCEPTED}")
@@ -154,16 +155,28 @@ def load_model_file(path: str | os.PathLike, name: str | None = None,
     return predictor
 
 
+def probe(predictor: Predictor, seconds: float = modelcheck.PROBE_SECONDS) -> Predictor:
+    """Run one blank image through ``predictor`` under a deadline: a model that hangs or fails
+    is refused at loading, with one line, not at the first request."""
+    blank = np.zeros((1, *INPUT_SHAPE), np.float32)
+    logits = modelcheck.call_with_deadline(lambda: predictor.call(blank), seconds, str(predictor.source))
+    if np.shape(logits) != (1, NUM_CLASSES):
+        raise MnistlabError(f"{predictor.source}: gives shape {np.shape(logits)} for one image; expected (1, 10)")
+    return predictor
+
+
 def load_keras(path: str | os.PathLike) -> Any:
-    """A ``keras.Model`` from a ``.keras`` file, in safe mode, checked for MNIST's shapes."""
+    """A ``keras.Model`` from a ``.keras`` file: the archive and its config checked first
+    (``modelcheck``), then loaded in safe mode and checked for MNIST's shapes."""
+    path = Path(path)
+    config = modelcheck.check_keras_file(path)
+    modelcheck.check_keras_size(path, config)
     import keras
 
-    path = Path(path)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, TypeError, zipfile errors, OSError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MnistlabError(f"{path}: cannot load this .keras model safely ({first[:300]})") from None
+        raise MnistlabError(f"{path}: cannot load this .keras model safely ({modelcheck.first_line(exc)})") from None
     check_shapes(path, tuple(model.input_shape), tuple(model.output_shape))
     return model
 
@@ -183,37 +196,20 @@ def _sidecar(folder: Path, relative: Path | str = METADATA_FILE) -> dict[str, An
 def _keras_predictor(path: Path) -> Predictor:
     model = load_keras(path)
     name = path.parent.name if path.name == KERAS_FILE else path.stem
-    return Predictor(name, "keras", path, int(model.count_params()), {},
-                     call=compile_inference(model), keras_model=model)
-
-
-def _forbidden_ops(graph_def: Any) -> set[str]:
-    ops = {node.op for node in graph_def.node}
-    ops |= {node.op for function in graph_def.library.function for node in function.node_def}
-    return {op for op in ops if any(part in op for part in FORBIDDEN_OP_PARTS)}
+    return probe(Predictor(name, "keras", path, int(model.count_params()), {},
+                           call=compile_inference(model), keras_model=model))
 
 
 def _saved_model_predictor(folder: Path) -> Predictor:
+    modelcheck.check_saved_model(folder)  # before TensorFlow runs anything in it
     import tensorflow as tf
 
     try:
         loaded = tf.saved_model.load(str(folder))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MnistlabError(f"{folder}: not a loadable SavedModel ({first[:300]})") from None
-    if "serving_default" not in loaded.signatures:
-        raise MnistlabError(f"{folder}: the SavedModel has no 'serving_default' signature; "
-                            f"expected one (mnistlab export --format savedmodel writes it)")
+        raise MnistlabError(f"{folder}: not a loadable SavedModel ({modelcheck.first_line(exc)})") from None
     fn = loaded.signatures["serving_default"]
-    bad = _forbidden_ops(fn.graph.as_graph_def())
-    if bad:
-        raise MnistlabError(f"{folder}: refused, the serving function uses {', '.join(sorted(bad))}; "
-                            f"expected tensor maths only")
-    inputs = fn.structured_input_signature[1]
-    outputs = fn.structured_outputs
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise MnistlabError(f"{folder}: serving_default takes {list(inputs)} and gives {list(outputs)}; "
-                            f"expected one input and one output")
+    inputs, outputs = fn.structured_input_signature[1], fn.structured_outputs
     (in_key, spec), out_key = next(iter(inputs.items())), next(iter(outputs))
     check_shapes(folder, tuple(spec.shape), tuple(outputs[out_key].shape))
     metadata = _sidecar(folder, SAVED_MODEL_METADATA)
@@ -226,8 +222,8 @@ def _saved_model_predictor(folder: Path) -> Predictor:
         with lock:
             return fn(**{in_key: tf.constant(x)})[out_key].numpy()
 
-    return Predictor(str(metadata.get("model") or folder.name), "savedmodel", folder, parameters,
-                     model_metrics(metadata), call=call, keras_model=None)
+    return probe(Predictor(str(metadata.get("model") or folder.name), "savedmodel", folder, parameters,
+                           model_metrics(metadata), call=call, keras_model=None))
 
 
 @contextlib.contextmanager
@@ -245,45 +241,85 @@ def quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def _tflite_interpreter(path: Path) -> Any:
+def litert_available() -> bool:
+    """True when LiteRT (``ai-edge-litert``) is installed: ``.tflite`` runs without TensorFlow."""
+    import importlib.util
+
+    return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def default_threads() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _tflite_interpreter(path: Path, content: bytes, threads: int) -> Any:
     """LiteRT's interpreter when installed, else TensorFlow's (deprecated, same engine); built-in ops only."""
-    try:
+    if litert_available():
         from ai_edge_litert.interpreter import Interpreter, OpResolverType  # type: ignore[import-not-found]
-    except ImportError:
+    else:
         import tensorflow as tf
 
         Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # tf.lite's deprecation notice
         try:
-            return Interpreter(model_content=path.read_bytes(),
+            return Interpreter(model_content=content, num_threads=threads,
                                experimental_op_resolver_type=OpResolverType.BUILTIN)
         except (ValueError, RuntimeError, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MnistlabError(f"{path}: not a loadable TFLite model with built-in ops only ({first[:300]})") from None
+            raise MnistlabError(f"{path}: not a loadable TFLite model with built-in ops only "
+                                f"({modelcheck.first_line(exc)})") from None
 
 
-def _tflite_predictor(path: Path) -> Predictor:
-    interpreter = _tflite_interpreter(path)
+def _quantized(detail: dict[str, Any]) -> tuple[float, int] | None:
+    """``(scale, zero_point)`` of an integer input or output tensor, None for float32."""
+    if detail["dtype"] == np.float32:
+        return None
+    scale, zero = detail["quantization"]
+    if detail["dtype"] not in (np.int8, np.uint8) or not scale:
+        raise MnistlabError(f"tensor {detail['name']!r} is {np.dtype(detail['dtype']).name}; "
+                            f"expected float32, or int8/uint8 with a quantization scale")
+    return float(scale), int(zero)
+
+
+def tflite_predictor(path: Path, threads: int | None = None) -> Predictor:
+    """A Predictor for a ``.tflite`` file: float32 or integer (int8/uint8) input and output, the
+    integer ones quantized here with the file's own scale and zero point."""
+    content = path.read_bytes()
+    modelcheck.check_tflite(path, content)
+    interpreter = _tflite_interpreter(path, content, threads or default_threads())
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     check_shapes(path, tuple(inp["shape_signature"]), tuple(out["shape_signature"]))
-    if inp["dtype"] != np.float32:
-        raise MnistlabError(f"{path}: input is {np.dtype(inp['dtype']).name}; expected float32")
-    with quiet_stderr():  # TFLite's C++ log announces its XNNPACK delegate on the first allocation
-        interpreter.allocate_tensors()
+    try:
+        q_in, q_out = _quantized(inp), _quantized(out)
+    except MnistlabError as exc:
+        raise MnistlabError(f"{path}: {exc}") from None
     lock = threading.Lock()  # one interpreter, one call at a time
-    batch = [int(inp["shape"][0])]  # the batch size the tensors are allocated for
+    batch = [0]  # the batch size the tensors are allocated for (0: not yet)
 
     def call(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if q_in:
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / q_in[0]) + q_in[1], info.min, info.max).astype(inp["dtype"])
         with lock:
             if batch[0] != len(x):
                 interpreter.resize_tensor_input(inp["index"], [len(x), *INPUT_SHAPE], strict=False)
-                interpreter.allocate_tensors()
+                with quiet_stderr():  # TFLite's C++ log announces its XNNPACK delegate on the first allocation
+                    try:
+                        interpreter.allocate_tensors()
+                    except RuntimeError as exc:
+                        raise MnistlabError(f"{path}: TFLite cannot prepare this model "
+                                            f"({modelcheck.first_line(exc)})") from None
                 batch[0] = len(x)
-            interpreter.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=np.float32))
-            interpreter.invoke()
-            return interpreter.get_tensor(out["index"]).copy()
+            interpreter.set_tensor(inp["index"], x)
+            try:
+                interpreter.invoke()
+            except RuntimeError as exc:
+                raise MnistlabError(f"{path}: TFLite failed to run this model ({modelcheck.first_line(exc)})") from None
+            y = interpreter.get_tensor(out["index"]).copy()
+        return ((y.astype(np.float32) - q_out[1]) * q_out[0]) if q_out else y
 
     metadata = _sidecar(path.parent) if path.name == TFLITE_FILE else {}
     name = str(metadata.get("model") or (path.parent.name if path.name == TFLITE_FILE else path.stem))
-    return Predictor(name, "tflite", path, metadata.get("parameters"), model_metrics(metadata), call=call)
+    return probe(Predictor(name, "tflite", path, metadata.get("parameters"), model_metrics(metadata), call=call))

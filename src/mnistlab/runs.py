@@ -205,6 +205,13 @@ class RunFolder:
         fileio.write_json(self.tflite_check_file, {**check, "keras_sha256": self.model_digest(),
                                                    "tflite_sha256": hashlib.sha256(content).hexdigest()})
 
+    def convert_to_tflite(self, model: Any, images: np.ndarray, log: Any = print) -> dict[str, Any] | None:
+        """Write ``model.tflite`` from ``model`` (just saved as ``model.keras``), checked on
+        ``images``; None, after one line to ``log``, when it cannot be (see ``export.write_run_tflite``)."""
+        from mnistlab.export import write_run_tflite  # export imports this module
+
+        return write_run_tflite(self, model, images, log)
+
     def remove_tflite(self) -> None:
         """Forget ``model.tflite`` (it no longer matches ``model.keras``)."""
         for stale in (self.tflite_check_file, self.tflite_file):
