@@ -1,16 +1,20 @@
-"""`mnistlab plot`: every picture drawn from tiny trained models on synthetic data.
+"""`mnistlab plot` and `mnistlab.plots`: every picture drawn from tiny trained models on synthetic data.
 
 The run folders are written here in the layout `mnistlab train` uses (model.keras, config.json,
-metrics.json, history.csv), with the data as IDX files the config points at, so `Run` loads
-them exactly as it loads a real run. Feature maps and the confusion matrix are checked against
-an independent computation (raw TensorFlow ops, NumPy), the PNGs for size and content.
+metrics.json, timing.json, history.csv), with the data as IDX files the config points at, so
+`Run` loads them exactly as it loads a real run. Feature maps, the confusion matrix and the ECE
+are checked against an independent computation (raw TensorFlow ops, NumPy, a hand-computed
+example), the PNGs for size and content, the figures for what they hold.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,8 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistlab import cli, data, evaluate, idx, plots, report
+from mnistlab import calibrate, cli, data, evaluate, idx, plots, report
 from mnistlab import runs as runs_module
+from mnistlab.errors import MnistlabError
 
 N_TRAIN, N_TEST, N_VALIDATION = 200, 60, 20
 FLIP_EVERY = 10  # every 10th test label is shifted by one, so some test images are always misclassified
@@ -88,10 +93,12 @@ def write_run(folder: Path, name: str, model, data_dir: Path, epochs: int = 2) -
     (folder / "metrics.json").write_text(json.dumps({"test_accuracy": test_accuracy, "test_loss": test_loss}))
     (folder / "config.json").write_text(json.dumps({
         "model": name,
-        "data": {"dataset": "mnist", "data_dir": str(data_dir), "validation_size": N_VALIDATION, "download": False,
-                 "mirrors": []},
+        "data": {"dataset": "mnist", "data_dir": str(data_dir), "cache_dir": None, "validation_size": N_VALIDATION,
+                 "download": False, "mirrors": []},
         "train": {"epochs": epochs, "batch_size": 32, "note": "<script>alert('x')</script> & more"},
     }))
+    (folder / "timing.json").write_text(json.dumps({"train_seconds": 361.055, "wall_seconds": 400.2,
+                                                    "epoch_seconds": [180.5, 180.555][:epochs]}))
     with (folder / "history.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=runs_module.HISTORY_FIELDS)
         writer.writeheader()
@@ -137,6 +144,7 @@ CNN_PLOTS = [
     ("samples", [], "samples.png", (1000, 5 * 240)),
     ("samples", ["--index", "50", "--count", "7"], "samples.png", (1000, 2 * 240)),  # 7 images: 2 rows
     ("confusion", [], "confusion.png", (700, 600)),
+    ("reliability", [], "reliability.png", (700, 600)),
     ("curves", [], "curves.png", (1100, 400)),
     ("filters", [], "filters-layer1.png", (420, 380)),  # 4 filters: 2 x 2 tiles + colour bar
     ("filters", ["--layer", "2", "--channel", "3"], "filters-layer2.png", (580, 380)),  # 6: 3 x 2
@@ -152,7 +160,9 @@ def test_plot_cnn(runs, capsys, kind, extra, name, size):
     out = runs["cnn"] / "plots" / name
     out.unlink(missing_ok=True)
     assert cli.main(["plot", str(runs["cnn"]), kind, *extra]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"wrote {out}"
+    assert f"drawing {kind.replace('-', ' ')}" in captured.err and f"writing {out}…" in captured.err  # progress
     check_png(out, size)
 
 
@@ -235,7 +245,7 @@ def test_confusion_uses_evaluation_json_only_when_current(runs, tmp_path):
 def test_plot_options_are_validated(runs, capsys, run_name, args, message):
     assert cli.main(["plot", str(runs[run_name]), *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err, err
+    assert err.splitlines()[-1].startswith("error: ") and message in err, err  # after any progress lines
 
 
 def test_plot_missing_run_and_missing_history(tmp_path, runs, capsys):
@@ -277,7 +287,154 @@ def test_symmetric_limit():
 
 
 def test_image_grid_keeps_its_signature(tmp_path):
-    """`mnistlab data grid` calls image_grid(images, titles, out)."""
+    """`mnistlab data grid` calls image_grid(images, titles, out) (until it calls save_figure)."""
     images = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
-    plots.image_grid(images, ["a", "b", "c"], tmp_path / "grid.png")
+    fig = plots.image_grid(images, ["a", "b", "c"], tmp_path / "grid.png")
     check_png(tmp_path / "grid.png", (1000, 240))
+    assert tile_titles(fig) == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------------- figures, not only files
+def tile_titles(fig) -> list[str]:
+    """The titles of a grid's tiles (one Axes holds every tile)."""
+    return [text.get_text() for text in fig.axes[0].texts]
+
+
+def heading(fig) -> str:
+    """A grid's title on one line."""
+    return fig.texts[0].get_text().replace("\n", " ")
+
+
+def test_importing_and_drawing_leave_matplotlib_alone():
+    """No backend switch and no pyplot: a notebook's backend stays; matplotlib loads only when drawing."""
+    code = ("import sys, numpy as np\n"
+            "import mnistlab.plots as plots, mnistlab.report\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported at import time'\n"
+            "fig = plots.confusion_heatmap(np.eye(3, dtype=int), ['a', 'b', 'c'])\n"
+            "assert len(plots.png_bytes(fig)) > 1000\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+            "import matplotlib, matplotlib.figure\n"
+            "assert isinstance(fig, matplotlib.figure.Figure)\n"
+            "print(matplotlib.get_backend())")
+    env = {**os.environ, "MPLBACKEND": "svg"}  # stands for a notebook's inline backend
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg"]
+
+
+def test_a_figure_shows_inline_as_the_png_save_figure_writes(tmp_path):
+    fig = plots.softmax_weight_images(np.random.default_rng(0).normal(size=(784, 10)))
+    canvas = fig.canvas
+    plots.save_figure(fig, tmp_path / "w.png")
+    assert fig.canvas is canvas  # rendering borrowed an Agg canvas and gave the figure's own back
+    assert fig._repr_png_() == (tmp_path / "w.png").read_bytes()  # what Jupyter displays: the same pixels
+    check_png(tmp_path / "w.png", (900, 380))
+    assert not list(tmp_path.glob(".w.png*"))  # atomic write left no temp file
+    confusion = plots.confusion_heatmap(np.arange(9).reshape(3, 3), ["a", "b", "c"])
+    with Image.open(io.BytesIO(confusion._repr_png_())) as shown:
+        assert shown.size == (700, 600)
+
+
+def test_report_figure_of_a_run_announces_slow_steps_once(runs):
+    import matplotlib.figure
+
+    messages: list[str] = []
+    run = report.Run(runs["cnn"])
+    fig = report.figure(run, "errors", log=messages.append)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert messages == ["loading the mnist test split…", f"loading {runs['cnn'] / 'model.keras'}…",
+                        f"predicting {N_TEST} test images…", "drawing errors…"]
+    messages.clear()
+    report.figure(run, "reliability", log=messages.append)
+    assert messages == ["drawing reliability…"]  # the run keeps what it loaded
+
+
+def test_draw_wants_a_png_name(runs, tmp_path):
+    with pytest.raises(MnistlabError, match=r"--out .*x\.jpg: expected a file name ending in \.png"):
+        report.draw(report.Run(runs["cnn"]), "confusion", tmp_path / "x.jpg")
+    assert not list(tmp_path.iterdir())
+
+
+def test_training_curves_plot_cross_entropy_and_keep_zeros():
+    rows = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.0, "val_loss": "", "val_accuracy": None},
+            {"epoch": 2, "train_loss": 0.0, "train_accuracy": 1.0, "val_loss": "", "val_accuracy": None}]
+    loss, accuracy = plots.training_curves(rows).axes
+    assert loss.get_ylabel() == "cross-entropy (nats)" and "cross-entropy" in loss.get_title()
+    assert len(loss.lines) == 1 and len(accuracy.lines) == 1  # no validation split: no validation curve
+    np.testing.assert_array_equal(loss.lines[0].get_ydata(), [0.5, 0.0])  # a 0 is a value, not a gap
+    np.testing.assert_array_equal(accuracy.lines[0].get_ydata(), [0.0, 1.0])
+
+
+def test_filter_grid_of_128_filters_stays_readable(tmp_path):
+    weights = np.random.default_rng(0).normal(size=(3, 3, 1, 128))
+    fig = plots.filter_grid(weights)
+    plots.save_figure(fig, tmp_path / "f.png")
+    check_png(tmp_path / "f.png", (6 * 160 + 100, 11 * 160 + 60))  # 64 tiles of 160 px in 6 columns
+    assert heading(fig).endswith("(showing the first 64 of 128 filters)")
+    assert tile_titles(fig) == [f"filter {k}" for k in range(64)]
+    everything = plots.filter_grid(weights, max_tiles=None)
+    np.testing.assert_allclose(everything.get_size_inches(), (6 * 1.6 + 1, 22 * 1.6 + 0.6))
+    assert "showing" not in heading(everything) and len(tile_titles(everything)) == 128
+
+
+def test_feature_map_grid_caps_channels_too():
+    fig = plots.feature_map_grid(np.random.default_rng(0).uniform(size=(7, 7, 100)), max_tiles=10)
+    assert tile_titles(fig)[-1] == "channel 9"
+    assert "(showing the first 10 of 100 channels)" in heading(fig)
+
+
+# Four images, four classes. Confidences: 0.9 (right), 0.9 (wrong), 0.5 (right), 0.3 (wrong).
+HAND_PROBABILITIES = np.array([[0.9, 0.05, 0.03, 0.02], [0.9, 0.05, 0.03, 0.02],
+                               [0.5, 0.3, 0.1, 0.1], [0.3, 0.25, 0.25, 0.2]])
+HAND_LABELS = np.array([0, 1, 0, 1])
+
+
+def test_calibration_bins_and_expected_calibration_error_by_hand():
+    # 5 bins: (0.8, 1] holds 2 images, accuracy 0.5, confidence 0.9: 2/4 * 0.4 = 0.2
+    #         (0.4, 0.6] holds 1,      accuracy 1,   confidence 0.5: 1/4 * 0.5 = 0.125
+    #         (0.2, 0.4] holds 1,      accuracy 0,   confidence 0.3: 1/4 * 0.3 = 0.075; ECE = 0.4
+    counts, accuracy, confidence = plots.calibration_bins(HAND_PROBABILITIES, HAND_LABELS, bins=5)
+    assert counts.tolist() == [0, 1, 1, 0, 2]
+    np.testing.assert_allclose(accuracy, [np.nan, 0.0, 1.0, np.nan, 0.5])
+    np.testing.assert_allclose(confidence, [np.nan, 0.3, 0.5, np.nan, 0.9])
+    ece = calibrate.expected_calibration_error  # the one ECE, which the diagram's title shows
+    assert ece(HAND_PROBABILITIES, HAND_LABELS, bins=5) == pytest.approx(0.4)
+    assert ece(HAND_PROBABILITIES, HAND_LABELS) == pytest.approx(0.4)  # 15 bins: the same groups
+    assert ece(HAND_PROBABILITIES, HAND_LABELS, bins=1) == pytest.approx(0.15)  # |2/4 - 2.6/4|
+    assert ece(np.tile([0.75, 0.25], (4, 1)), np.array([0, 0, 0, 1])) == pytest.approx(0.0)  # 75% sure, 3 of 4 right
+    edge = np.array([[1.0, 0.0], [0.6, 0.4]])  # on bin edges: 1.0 in the last bin, 0.6 in (0.4, 0.6]
+    assert plots.calibration_bins(edge, np.array([0, 0]), bins=5)[0].tolist() == [0, 0, 1, 0, 1]
+
+
+def test_calibration_bins_give_calibrates_ece():
+    """The diagram's bars and its title's ECE come from the same bins."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(500, 10)) * 3
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.where(rng.uniform(size=500) < 0.7, probabilities.argmax(1), rng.integers(0, 10, 500))
+    for bins in (1, 7, 15):
+        counts, accuracy, confidence = plots.calibration_bins(probabilities, labels, bins)
+        assert counts.sum() == 500
+        full = counts > 0
+        from_bins = np.sum(counts[full] / 500 * np.abs(accuracy[full] - confidence[full]))
+        assert from_bins == pytest.approx(calibrate.expected_calibration_error(probabilities, labels, bins), abs=1e-12)
+
+
+@pytest.mark.parametrize("probabilities, labels", [(np.ones((3, 10)), np.zeros(2)), (np.ones(10), np.zeros(1)),
+                                                   (np.ones((0, 10)), np.zeros(0))])
+def test_reliability_diagram_rejects_bad_shapes(probabilities, labels):
+    with pytest.raises(MnistlabError, match="expected \\(N, classes\\) and \\(N,\\)"):
+        plots.reliability_diagram(probabilities, labels)
+
+
+def test_reliability_diagram_holds_bins_counts_and_ece(tmp_path):
+    fig = plots.reliability_diagram(HAND_PROBABILITIES, HAND_LABELS, bins=5)
+    plots.save_figure(fig, tmp_path / "r.png")
+    check_png(tmp_path / "r.png", (700, 600))
+    top, bottom = fig.axes
+    assert top.get_title() == "Reliability: ECE 40.00% (5 bins, 4 images)"
+    accuracy_bars = top.containers[0]
+    np.testing.assert_allclose([bar.get_height() for bar in accuracy_bars], [0.0, 1.0, 0.5])
+    np.testing.assert_allclose([bar.get_x() + bar.get_width() / 2 for bar in accuracy_bars], [0.3, 0.5, 0.9])
+    assert [t.get_text() for t in bottom.texts] == ["1", "1", "2"]
+    assert any(tuple(line.get_xdata()) == (0, 1) == tuple(line.get_ydata()) for line in top.lines)  # the diagonal

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from test_plots import shared_runs  # the tiny trained runs on synthetic data (t
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; .ci/run installs it. Never `playwright install`.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-CNN_IMAGES = 9  # confusion, curves, samples, errors, filters x 2 layers, feature maps x 2, weights
+CNN_IMAGES = 10  # confusion, reliability, curves, samples, errors, filters x 2 layers, feature maps x 2, weights
 
 
 class Page(HTMLParser):
@@ -55,8 +57,8 @@ def cnn_report(runs) -> Path:
 def test_report_is_self_contained(cnn_report, capsys):
     text = cnn_report.read_text(encoding="utf-8")
     page = Page(text)
-    assert page.sections == ["metrics", "config", "confusion", "curves", "samples", "errors", "filters",
-                             "feature-maps", "weights"]
+    assert page.sections == ["metrics", "config", "confusion", "reliability", "curves", "samples", "errors",
+                             "filters", "feature-maps", "weights"]
     assert len(page.images) == CNN_IMAGES
     for img in page.images:
         prefix = "data:image/png;base64,"
@@ -72,12 +74,39 @@ def test_report_is_self_contained(cnn_report, capsys):
     assert not list(cnn_report.parent.glob(".report.html*"))  # atomic write left no temp file
 
 
+def section(text: str, anchor: str) -> str:
+    """The HTML of one section of the report."""
+    return re.search(f'<section id="{anchor}">(.*?)</section>', text, re.S).group(1)
+
+
+def test_report_shows_numbers_for_people(runs, cnn_report):
+    text = cnn_report.read_text(encoding="utf-8")
+    metrics = json.loads((runs["cnn"] / "metrics.json").read_text())
+    shown = section(text, "metrics")
+    assert f'<th>test_accuracy</th><td class="num">{metrics["test_accuracy"]:.2%}</td>' in shown
+    assert f'<th>test_loss</th><td class="num">{metrics["test_loss"]:.4f}</td>' in shown
+    assert ">361 s (6.0 min)<" in shown  # timing.json's train_seconds, 361.055
+    assert ">400 s (6.7 min)<" in shown and "181 s mean over 2 epochs (180–181 s)" in shown
+    config = section(text, "config")
+    assert '<th>data.cache_dir</th><td class="unset">– (default)</td>' in config  # null in config.json
+    assert "<th>data.mirrors</th><td>none</td>" in config and "<th>data.download</th><td>no</td>" in config
+    assert "null" not in config and "NaN" not in shown
+
+
 def test_report_of_softmax_run_has_weight_images_and_no_conv_sections(runs, tmp_path):
-    out = report.write_report(report.Run(runs["softmax"]), tmp_path / "softmax.html")
+    messages: list[str] = []
+    out = report.write_report(report.Run(runs["softmax"]), tmp_path / "softmax.html", log=messages.append)
     page = Page(out.read_text(encoding="utf-8"))
     assert "filters" not in page.sections and "feature-maps" not in page.sections
     assert len(page.images) == CNN_IMAGES - 4
     assert page.images[-1]["alt"] == "weights"
+    # it says what it is doing, each slow step once
+    assert messages[:3] == ["loading the mnist test split…", f"loading {runs['softmax'] / 'model.keras'}…",
+                            "predicting 60 test images…"]
+    assert [m for m in messages if m.startswith("drawing")] == [
+        "drawing confusion…", "drawing reliability…", "drawing curves…", "drawing samples…", "drawing errors…",
+        "drawing weights…"]
+    assert messages[-1] == f"writing {out}…"
 
 
 def test_report_notes_what_is_missing_instead_of_failing(runs, tmp_path):
@@ -86,7 +115,7 @@ def test_report_notes_what_is_missing_instead_of_failing(runs, tmp_path):
     for name in ("config.json", "model.keras"):  # no metrics.json, no history.csv
         (folder / name).write_bytes((runs["softmax"] / name).read_bytes())
     text = report.write_report(report.Run(folder)).read_text(encoding="utf-8")
-    assert "no metrics.json in the run folder" in text
+    assert "no metrics.json in the run folder" in text and "no timing.json in the run folder" in text
     assert "history.csv: missing" in text
 
 
