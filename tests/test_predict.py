@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +144,31 @@ def test_predict_files_reports_bad_files_and_predicts_the_rest(tiny_run: Path, d
         assert r["digit"] == r["top"][0]["digit"] and r["probability"] == probabilities[0]
     with pytest.raises(MnistlabError, match="--top 11: expected 1..10"):
         predict.predict_files(run, paths, top=11)
+
+
+def test_every_file_gets_its_own_result_or_its_own_error(tiny_run: Path, digit_files, tmp_path: Path, capsys):
+    """Pictures Pillow rejects with errors other than OSError once cut the whole run short, and
+    FIFOs, devices and folders were all called "no such file"."""
+    png = _models.encode(draw(), "PNG")
+    (tmp_path / "icc.png").write_bytes(_models.png_with_chunk(png, b"iCCP", b"p\0\0" + zlib.compress(bytes(2**21))))
+    grey = np.asarray(draw(), np.float32) / 255
+    grey[::5, ::5] = np.nan
+    Image.fromarray(grey, "F").save(tmp_path / "nan.tif")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    (tmp_path / "folder.png").mkdir()
+    good = str(digit_files[0])
+    paths = [good, *(str(tmp_path / n) for n in ("icc.png", "nan.tif", "pipe.png", "zero.png", "folder.png")), good]
+    results = predict.predict_files(load_predictor(tiny_run), paths)
+    assert [r["file"] for r in results] == paths
+    assert [("error" in r) for r in results] == [False, True, False, True, True, True, False]
+    assert results[0]["top"] == results[-1]["top"]
+    for r, what in zip(results[3:6], ("is a FIFO", "is a device", "is a folder")):
+        assert r["error"] == f"{r['file']}: {what}; expected a picture file"
+    assert cli.main(["predict", str(tiny_run), good, paths[1], good]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0] == lines[2] and lines[0].startswith(f"{good}: ")
+    assert lines[1].startswith(f"error: {paths[1]}: damaged picture data")
 
 
 def test_cli_predict_text_and_json(tiny_run: Path, digit_files, tmp_path: Path, capsys):

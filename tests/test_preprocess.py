@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import _models
-from _models import FOUR, SEVEN, draw, encode, png_header_only
+from _models import FOUR, SEVEN, draw, encode, png_chunk, png_header_only, png_with_chunk
 from mnistlab import cli, preprocess
 from mnistlab.errors import MnistlabError
 
@@ -164,6 +168,92 @@ def test_unreadable_files_name_the_file(tmp_path: Path):
             preprocess.preprocess(tmp_path / name)
     with pytest.raises(preprocess.UnreadableImage, match="no such file"):
         preprocess.preprocess(tmp_path / "missing.png")
+
+
+def test_damaged_headers_give_one_line_errors():
+    """Headers Pillow rejects with ValueError, EOFError or TypeError (not OSError) once escaped as
+    tracebacks from predict and HTTP 500s from the API."""
+    png = encode(draw(), "PNG")
+    text_bomb = zlib.compress(b"\0" * (2 * 1024 * 1024))  # inflates past Pillow's 1 MB text-chunk limit
+    tiff = bytearray(encode(draw(), "TIFF"))
+    first_ifd = struct.unpack("<I", tiff[4:8])[0]
+    tiff[first_ifd + 4:first_ifd + 6] = struct.pack("<H", 5)  # ImageWidth (the first tag) typed RATIONAL
+    cases = {
+        "icc.png": png_with_chunk(png, b"iCCP", b"profile\0\0" + text_bomb),
+        "text.png": png_with_chunk(png, b"zTXt", b"comment\0\0" + text_bomb),
+        "ihdr.png": png[:8] + png_chunk(b"IHDR", png[16:24]) + png[33:],  # IHDR cut to 8 of its 13 bytes
+        "far.tif": b"II\x2b\x00\x08\x00\x00\x00" + struct.pack("<Q", 2**63 + 5),  # BigTIFF, IFD past 2**63
+        "width.tif": bytes(tiff),
+    }
+    for name, data in cases.items():
+        with pytest.raises(preprocess.UnreadableImage, match=rf"^{re.escape(name)}: damaged") as caught:
+            preprocess.preprocess(data, name=name)
+        assert "\n" not in str(caught.value), name
+
+
+def test_float_pictures_with_missing_pixels_are_read():
+    reference = preprocess.preprocess(encode(draw(), "PNG"))
+    grey = np.asarray(draw(), np.float32) / 255
+    grey[::7, ::5] = np.nan  # scattered missing pixels
+    grey[:20, :20] = np.inf
+    assert similar(preprocess.preprocess(encode(Image.fromarray(grey, "F"), "TIFF")), reference) > 0.97
+    scaled = Image.fromarray(np.asarray(draw(), np.float32) * 40 - 3000, "F")  # any range: scaled by its own
+    assert similar(preprocess.preprocess(encode(scaled, "TIFF")), reference) > 0.99
+    with pytest.raises(preprocess.UnreadableImage, match="nan.tif: no finite pixel values"):
+        preprocess.preprocess(encode(Image.fromarray(np.full((30, 30), np.nan, np.float32), "F"), "TIFF"), "nan.tif")
+    holes = np.asarray(draw(), np.float32) / 255
+    holes[::9, ::4] = np.nan
+    assert similar(preprocess.to_mnist(holes), reference) > 0.97  # the array path too
+
+
+@pytest.mark.timeout(30)  # a regression would block on the FIFO or read /dev/zero forever
+def test_folders_fifos_and_devices_are_called_what_they_are(tmp_path: Path):
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    for name, what in [("pipe.png", "is a FIFO"), ("zero.png", "is a device"), ("folder.png", "is a folder"),
+                       ("dangling.png", "no such file")]:
+        with pytest.raises(preprocess.UnreadableImage, match=rf"^{tmp_path / name}: {what}"):
+            preprocess.preprocess(tmp_path / name)
+
+
+def test_big_jpegs_are_decoded_at_reduced_scale():
+    """The pixel budget counts what is decoded: a sequential JPEG decodes at 1/8 scale (so a
+    12,000 x 9,000 photo costs 1.7 MP); a progressive one buffers all of its coefficients."""
+    photo = draw(FOUR, size=(1200, 900), box=(300, 150, 600), mode="RGB")
+    reference = preprocess.preprocess(encode(draw(FOUR), "PNG"))
+    budget = 1200 * 900 // 60  # the photo has 60x more pixels than this
+    x = preprocess.preprocess(encode(photo, "JPEG", quality=90), max_pixels=budget)
+    assert similar(x, reference) > 0.95
+    assert preprocess.read_grey(encode(photo, "JPEG"), max_side=100).shape == (113, 150)  # 1/8, never below 100
+    with pytest.raises(preprocess.ImageTooLarge, match=rf"1200 x 900 = 1,080,000 pixels; expected at most {budget:,}"):
+        preprocess.preprocess(encode(photo, "JPEG", progressive=True), max_pixels=budget)
+    with pytest.raises(preprocess.ImageTooLarge, match="150 x 113 decoded; expected at most 10,000"):
+        preprocess.preprocess(encode(photo, "JPEG"), max_pixels=10_000)
+
+
+def test_big_pictures_are_reduced_whole_before_the_recipe():
+    """A big PNG is box-reduced in Pillow (alpha premultiplied) to within 2x of the working size."""
+    big = draw(SEVEN, size=(2000, 1000), box=(700, 150, 700), mode="RGB")
+    assert preprocess.read_grey(encode(big, "PNG"), max_side=128).shape == (67, 134)  # 1/15: 128 <= side < 256
+    rgba = np.zeros((1000, 2000, 4), np.uint8)
+    rgba[..., 3] = 255 - np.asarray(draw(SEVEN, size=(2000, 1000), box=(700, 150, 700)))  # black ink, clear paper
+    reference = preprocess.preprocess(encode(big, "PNG"))
+    assert similar(preprocess.preprocess(encode(Image.fromarray(rgba, "RGBA"), "PNG")), reference) > 0.99
+    rgb_jpeg = preprocess.preprocess(encode(big, "JPEG", quality=90))
+    assert similar(preprocess.preprocess(encode(big.convert("CMYK"), "JPEG", quality=90)), rgb_jpeg) > 0.97
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_a_damaged_exif_block_costs_only_the_rotation():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = bytearray(encode(draw(FOUR, mode="RGB"), "JPEG", exif=exif, quality=90))
+    start = data.index(b"Exif\0\0") + 6
+    data[start + 4:start + 8] = b"\xff\xff\xff\x7f"  # the first IFD's offset points far past the block
+    x = preprocess.preprocess(bytes(data))
+    assert similar(x, preprocess.preprocess(encode(draw(FOUR), "PNG"))) > 0.97
 
 
 def test_formats_outside_the_list_are_not_decoded(tmp_path: Path):

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
+import stat
+import warnings
+from types import MappingProxyType
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from mnistlab import fileio
 from mnistlab.errors import MnistlabError
@@ -48,6 +51,15 @@ BLOB_ASPECT = (0.6, 1.6)  # width / height of a "squarish" box
 KEEP_FRACTION = 0.05  # a stroke piece smaller than this share of the largest is noise
 MAX_RUNS = 25_000  # stroke runs (row segments) at working size: more is noise, not a digit
 CELLS = 8  # background grid: cells per side for the lighting estimate
+JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (C4, C8, CC are tables)
+JPEG_SEQUENTIAL_FRAMES = frozenset({0xC0, 0xC1, 0xC9})  # baseline and extended sequential (Huffman, arithmetic)
+JPEG_START_OF_SCAN = 0xDA
+JPEG_MAX_SEGMENTS = 1_000  # marker segments read before the first scan; more is not a camera's JPEG
+EXIF_ORIENTATION = 0x0112
+ORIENTATIONS = MappingProxyType({  # EXIF orientation -> the transpose that displays the picture upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90})
 
 
 class NoDigitFound(MnistlabError):
@@ -69,17 +81,41 @@ def read_grey(source: str | os.PathLike | bytes, name: str | None = None,
 
     Transparent pictures are laid on a background that contrasts with their ink; GIF and other
     animations give their first frame; EXIF rotation is applied. With ``max_side``, bigger
-    pictures come back area-averaged down to that longest side (JPEGs are decoded at a reduced
-    scale to begin with, which makes a 12 MP photo cheap). ``name`` labels errors.
+    pictures come back shrunk by a whole factor towards that longest side (JPEGs are decoded at
+    1/2, 1/4 or 1/8 scale to begin with, so a 108 MP photo decodes as 1.7 MP). ``max_pixels``
+    bounds the pixels decoded. Raises ``UnreadableImage`` or ``ImageTooLarge``, never another
+    error; ``name`` labels them.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name = name or "image"
-        fp: io.BytesIO | Path = io.BytesIO(bytes(source))
-    else:
-        name = name or str(source)
-        fp = Path(source)
-        if not fp.is_file():
-            raise UnreadableImage(f"{name}: no such file")
+        with io.BytesIO(bytes(source)) as fp:
+            return _decode(fp, name or "image", max_pixels, max_side)
+    name = name or str(source)
+    with _open_file(source, name) as fp:
+        return _decode(fp, name, max_pixels, max_side)
+
+
+def _open_file(path: str | os.PathLike, name: str) -> BinaryIO:
+    """Open a regular file for reading. Folders, FIFOs and devices are refused as what they are,
+    without blocking on a FIFO or reading a device such as /dev/zero forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise UnreadableImage(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UnreadableImage(f"{name}: is a folder; expected a picture file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise UnreadableImage(f"{name}: cannot open ({getattr(exc, 'strerror', None) or exc})") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        what = ("a folder" if stat.S_ISDIR(kind) else "a FIFO" if stat.S_ISFIFO(kind) else
+                "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "not a regular file")
+        raise UnreadableImage(f"{name}: is {what}; expected a picture file")
+    return os.fdopen(fd, "rb")
+
+
+def _decode(fp: BinaryIO, name: str, max_pixels: int, max_side: int | None) -> np.ndarray:
+    """``read_grey`` on an open file: Pillow's errors, whatever their type, become one line."""
     accepted = ", ".join(ACCEPTED_FORMATS)
     try:
         image = Image.open(fp, formats=ACCEPTED_FORMATS)
@@ -87,25 +123,137 @@ def read_grey(source: str | os.PathLike | bytes, name: str | None = None,
         raise ImageTooLarge(f"{name}: refused, {exc}") from None
     except UnidentifiedImageError:
         raise UnreadableImage(f"{name}: not a readable image; expected one of {accepted}") from None
-    except OSError as exc:
-        raise UnreadableImage(f"{name}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # damaged headers raise ValueError, struct.error, EOFError, ... as they come
+        raise UnreadableImage(f"{name}: damaged picture data ({_why(exc)}); expected one of {accepted}") from None
     with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLarge(f"{name}: {width} x {height} = {width * height:,} pixels; "
-                                f"expected at most {max_pixels:,}")
-        if width < 1 or height < 1:
-            raise UnreadableImage(f"{name}: empty image ({width} x {height})")
         fmt = image.format
         try:
-            image.seek(0)
-            if max_side and fmt == "JPEG":
-                image.draft("L", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale, never below max_side
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _grey_levels(image, max_side)
-        except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-            raise UnreadableImage(f"{name}: damaged {fmt} data ({exc}); expected a complete image") from None
+            return _decode_open(image, fp, name, max_pixels, max_side)
+        except MnistlabError:
+            raise
+        except Exception as exc:  # Pillow's decoders of damaged data raise every type there is
+            raise UnreadableImage(f"{name}: damaged {fmt} data ({_why(exc)}); expected a complete picture") from None
+
+
+def _why(exc: Exception) -> str:
+    """An exception as a short single line, for an error message about untrusted data."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _decode_open(image: Image.Image, fp: BinaryIO, name: str, max_pixels: int,
+                 max_side: int | None) -> np.ndarray:
+    """Check the work, decode the first frame (reduced where the format allows), shrink, orient."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise UnreadableImage(f"{name}: empty image ({width} x {height})")
+    image.seek(0)
+    scaled = image.format == "JPEG" and bool(max_side) and _jpeg_scales_in_one_pass(fp)
+    if scaled:
+        image.draft("L", _fit(image.size, max_side))  # decode at 1/2, 1/4 or 1/8 scale, never below max_side
+    decoded = image.size[0] * image.size[1]
+    if decoded > max_pixels:
+        at = f", {image.size[0]} x {image.size[1]} decoded" if image.size != (width, height) else ""
+        raise ImageTooLarge(f"{name}: {width} x {height} = {width * height:,} pixels{at}; "
+                            f"expected at most {max_pixels:,} decoded")
+    image.load()
+    orientation = _orientation(image)  # after load: Pillow's TIFF loader turns the picture itself
+    working, full_scale = _working_image(image, max_side)
+    if orientation in ORIENTATIONS:
+        working = working.transpose(ORIENTATIONS[orientation])
+    return _grey_levels(working, full_scale, name)
+
+
+def _jpeg_scales_in_one_pass(fp: BinaryIO) -> bool:
+    """True for a sequential JPEG whose first scan holds every component: libjpeg then decodes it
+    at a reduced scale block row by block row. Progressive and multi-scan JPEGs buffer the whole
+    picture's coefficients (2 bytes per pixel per component), so their full size is what counts."""
+    fp.seek(2)  # after the start-of-image marker
+    components = None
+    for _ in range(JPEG_MAX_SEGMENTS):
+        head = fp.read(4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return False
+        marker, length = head[1], int.from_bytes(head[2:4], "big")
+        if marker == 0xFF:  # a fill byte before the marker
+            fp.seek(-3, io.SEEK_CUR)
+            continue
+        if marker in JPEG_FRAMES:
+            frame = fp.read(length - 2)
+            if marker not in JPEG_SEQUENTIAL_FRAMES or len(frame) < 6:
+                return False
+            components = frame[5]
+        elif marker == JPEG_START_OF_SCAN:
+            scan = fp.read(1)
+            return components is not None and scan == bytes([components])
+        elif length < 2:
+            return False
+        else:
+            fp.seek(length - 2, io.SEEK_CUR)
+    return False
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8), or 1 when there is none or it cannot be read."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+        return value if isinstance(value, int) else 1
+    except Exception:  # a damaged EXIF block costs the picture its rotation, not its answer
+        return 1
+
+
+def _working_image(image: Image.Image, max_side: int | None) -> tuple[Image.Image, float | None]:
+    """The decoded picture as "L", "RGBA" or "F", shrunk by a whole factor (Pillow's C box
+    reduction, alpha premultiplied) so its longest side is within 2x of ``max_side``; with the
+    value of full brightness (None: a float picture, scaled by its own range). Opaque colour
+    pictures are reduced before they are made grey: no full-size grey copy."""
+    mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        image, final, full_scale = (image.convert("RGBA") if mode != "RGBA" else image), "RGBA", 255.0
+    elif mode in ("L", "RGB", "RGBX", "CMYK", "YCbCr"):
+        final, full_scale = "L", 255.0
+    elif mode in ("I", "F") or mode.startswith("I;16"):
+        image, final = (image.convert("F") if mode.startswith("I;16") else image), "F"
+        full_scale = None if mode == "F" else 65535.0
+    elif mode == "LAB":
+        image, final, full_scale = image.getchannel("L"), "L", 255.0
+    else:  # "1", "P", "HSV": averaging their codes would be meaningless, so grey first
+        image, final, full_scale = image.convert("L"), "L", 255.0
+    if max_side and max(image.size) >= 2 * max_side:
+        image = image.reduce(max(image.size) // max_side)
+    return (image.convert(final) if image.mode != final else image), full_scale
+
+
+def _grey_levels(image: Image.Image, full_scale: float | None, name: str) -> np.ndarray:
+    """A working image from ``_working_image`` -> ``(H, W)`` float32 grey levels in [0, 1]."""
+    if image.mode == "RGBA":
+        la = np.asarray(image.convert("LA"), dtype=np.float32) / 255
+        grey, alpha = la[..., 0], la[..., 1]
+        if alpha.min() >= 1:
+            return grey
+        # Ink drawn on a transparent canvas: lay it on white if the ink is dark, on black if light.
+        ink = float((grey * alpha).sum() / max(alpha.sum(), 1e-6))
+        background = 1.0 if ink < 0.5 else 0.0
+        return grey * alpha + background * (1 - alpha)
+    values = np.asarray(image, dtype=np.float32)
+    if full_scale is not None:
+        return np.clip(values * np.float32(1 / full_scale), 0, 1)
+    return _own_range(values, name)
+
+
+def _own_range(values: np.ndarray, name: str) -> np.ndarray:
+    """Float pixels -> [0, 1]: missing (NaN, infinite) pixels take the median of the rest, and a
+    range outside [0, 1] is scaled from its own minimum and maximum."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise UnreadableImage(f"{name}: no finite pixel values; expected grey levels")
+    if not finite.all():
+        values = np.where(finite, values, np.median(values[finite]))
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= 1:
+        return values.astype(np.float32)
+    spread = np.float64(high) - np.float64(low)  # float64: float32's extremes would overflow
+    return ((values.astype(np.float64) - low) / max(spread, 1e-30)).astype(np.float32)
 
 
 def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
@@ -114,36 +262,18 @@ def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, round(size[0] * f)), max(1, round(size[1] * f))
 
 
-def _grey_levels(image: Image.Image, max_side: int | None = None) -> np.ndarray:
-    """Any Pillow mode -> ``(H, W)`` float32 grey levels in [0, 1] (opaque 8-bit pictures shrunk to
-    ``max_side`` in 8 bits, the cheap way; the rest are shrunk later by ``to_mnist``)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale PNG / TIFF
-        return np.clip(np.asarray(image, dtype=np.float32) / 65535, 0, 1)
-    if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if not has_alpha:
-        grey = image.convert("L")
-        if max_side and max(grey.size) > max_side:
-            grey = grey.resize(_fit(grey.size, max_side), Image.Resampling.BOX)
-        return np.multiply(np.asarray(grey), np.float32(1 / 255), dtype=np.float32)
-    la = np.asarray(image.convert("RGBA").convert("LA"), dtype=np.float32) / 255
-    grey, alpha = la[..., 0], la[..., 1]
-    if alpha.min() >= 1:
-        return grey
-    # Ink drawn on a transparent canvas: lay it on white if the ink is dark, on black if light.
-    ink = float((grey * alpha).sum() / max(alpha.sum(), 1e-6))
-    background = 1.0 if ink < 0.5 else 0.0
-    return grey * alpha + background * (1 - alpha)
-
-
 # ---------------------------------------------------------------------------- the recipe
 def to_mnist(grey: np.ndarray, name: str = "image") -> np.ndarray:
     """Grey levels ``(H, W)`` in [0, 1], either polarity -> MNIST input ``(28, 28, 1)`` float32 in [0, 1].
 
     Raises ``NoDigitFound`` for a blank, flat or noisy picture with no clear stroke.
     """
-    grey = _shrink(np.asarray(grey, dtype=np.float32))
+    grey = np.asarray(grey, dtype=np.float32)
+    if grey.ndim != 2 or min(grey.shape) < 1:
+        raise UnreadableImage(f"{name}: grey levels of shape {grey.shape}; expected (height, width)")
+    if not np.isfinite(grey).all():
+        grey = _own_range(grey, name)
+    grey = _shrink(np.clip(grey, 0, 1))
     if grey.max() - grey.min() < MIN_CONTRAST:
         raise NoDigitFound(f"{name}: no digit found (the picture is nearly uniform)")
     if _is_dark_on_light(grey):
@@ -178,6 +308,13 @@ def preprocess(source: str | os.PathLike | bytes, name: str | None = None,
     """
     label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "image")
     return to_mnist(read_grey(source, label, max_pixels, max_side=WORK_SIDE), label)
+
+
+def quiet_pillow_size_warning() -> None:
+    """Silence Pillow's DecompressionBombWarning (pictures over 89 MP) for this process: ``read_grey``
+    holds what it decodes to its own pixel budget, so a 108 MP photo read at 1/8 scale is fine.
+    Called by the CLI commands, which own their process; warnings filters are process-wide."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def save_seen(image: np.ndarray, out: str | os.PathLike, scale: int = 1) -> None:
