@@ -1,7 +1,11 @@
-"""The HTTP server, tested over real HTTP on loopback: answers, every refusal, the page, batching.
+"""The HTTP server, tested over real HTTP on loopback: answers, every refusal, the page, batching,
+and clients that try to hold it (slow, huge headers, costly pictures, foreign pages).
 
 Most tests serve a tiny untrained model (answers are checked against the same model called
-directly, and ``seen`` against ``preprocess.py``); the slow test serves the trained one.
+directly, and ``seen`` against ``preprocess.py``); the slow test serves the trained one. Servers
+run as ``mnistlab serve`` runs them (``serve.uvicorn_config``: GuardedProtocol and its deadlines).
+No test depends on timing: each waits for an observed event (a status, a closed connection, a
+count in /health) with a generous safety timeout.
 """
 
 from __future__ import annotations
@@ -9,6 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -17,13 +28,79 @@ import pytest
 
 import _models
 from _models import FOUR, SEVEN, draw, encode, png_header_only
-from mnistlab import preprocess, serve
+from mnistlab import cli, preprocess, serve
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import softmax
 from mnistlab.runs import load_predictor
 
 pytestmark = pytest.mark.timeout(120)
 LIMIT = 200_000  # bytes: the test server's body limit, small so the tests send little
+SAFETY_S = 60.0  # the longest any wait for an event may take before the test fails
+
+
+class Served:
+    """``app`` served by uvicorn as ``serve.serve`` configures it, on a free loopback port, in a
+    thread; ``url`` and ``port`` when up, ``state`` is uvicorn's (connections, tasks)."""
+
+    def __init__(self, app, config: serve.ServeConfig) -> None:
+        import uvicorn
+
+        self.sock = serve.listening_socket("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(serve.uvicorn_config(app, config, log_level="warning"))
+        self.state = self.server.server_state
+
+    def __enter__(self) -> "Served":
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), "the server to start")
+        assert self.server.started, "the test server did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def wait_for(condition, what: str, timeout: float = SAFETY_S) -> None:
+    """Poll ``condition()`` until true; fail after ``timeout`` s (a safety net, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def connect(port: int, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=SAFETY_S)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout is the safety net)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    return received
+
+
+def answers_health(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=SAFETY_S).status_code == 200
+    except httpx.TransportError:  # not listening yet
+        return False
+
+
+def page_png() -> bytes:
+    """A 7 as the page sends it: drawn on the 280 x 280 canvas, downscaled to 56 x 56, RGBA."""
+    from PIL import Image
+
+    canvas = draw(SEVEN, size=(280, 280), mode="RGBA", paper=(255, 255, 255, 255), ink=(0, 0, 0, 255))
+    return encode(canvas.resize((56, 56), Image.Resampling.BOX), "PNG")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +109,15 @@ def tiny_predictor(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_predictor):
+def served(tiny_predictor):
     config = serve.ServeConfig(max_body_bytes=LIMIT, max_pixels=1_000_000, batch_wait_ms=5)
-    with _models.RunningServer(serve.create_app(tiny_predictor, config)) as running:
-        yield running.url
+    with Served(serve.create_app(tiny_predictor, config), config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
 
 
 @pytest.fixture
@@ -162,6 +244,201 @@ def test_unknown_routes_and_methods_answer_json(client: httpx.Client):
     error_of(client.delete("/model"), 405)
 
 
+def test_json_with_a_wrong_nesting_is_refused_before_conversion(client: httpx.Client, monkeypatch):
+    lists = b'{"pixels": [' + b",".join([b"[0]"] * 40_000) + b"]}"  # 160 KB: parsed off the event loop
+    assert serve.JSON_INLINE_BYTES < len(lists) < LIMIT
+    response = client.post("/predict", content=lists, headers={"content-type": "application/json"})
+    assert "got shape (40000, 1)" in error_of(response, 400)
+    with pytest.raises(serve.ApiError, match="JSON body of 262,145 bytes") as refused:
+        serve.pixels_from_json(b" " * (serve.MAX_JSON_BYTES + 1))  # refused before parsing
+    assert refused.value.status == 413
+    converted = []
+    real = np.asarray
+    monkeypatch.setattr(serve.np, "asarray", lambda *a, **k: converted.append(1) or real(*a, **k))
+    for wrong in ([[0.0]] * 28, [[0.0] * 28] * 27 + [0.0], {"a": 1}, [[0]] * 45_000):
+        with pytest.raises(serve.ApiError, match="got shape|ragged rows"):
+            serve.pixels_from_json(json.dumps({"pixels": wrong}).encode())
+    assert not converted  # the nesting was checked on the lists themselves
+
+
+# ---------------------------------------------------------------------------- who may ask
+def test_host_names(monkeypatch):
+    assert serve.host_name("[::1]:8000") == "::1" and serve.host_name("Digits.Example:80") == "digits.example"
+    assert serve.host_name("localhost.") == "localhost" and serve.host_name("127.0.0.1") == "127.0.0.1"
+    monkeypatch.setattr(serve.socket, "gethostname", lambda: "Lab-PC")
+    config = serve.ServeConfig(host="0.0.0.0", allowed_hosts="digits.example, api.example:8443")
+    assert serve.allowed_host_names(config) == {"localhost", "lab-pc", "digits.example", "api.example"}
+    guard = serve.Guard(None, None, config)
+
+    def scope(method: str = "GET", **headers: str) -> dict:
+        return {"method": method, "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+
+    for host in ("127.0.0.1:8000", "[::1]:8000", "10.1.2.3", "localhost:8000", "LAB-PC:8000", "digits.example"):
+        assert guard.refusal(scope(host=host)) is None, host
+    assert guard.refusal(scope()) is None  # no Host (HTTP/1.0 clients): nothing to rebind
+    refused = guard.refusal(scope(host="evil.example:8000"))
+    assert refused.status == 400 and "--allowed-hosts" in str(refused)
+    assert serve.Guard(None, None, serve.ServeConfig(allowed_hosts="*")).refusal(scope(host="evil.example")) is None
+    own = "http://127.0.0.1:8000"
+    assert guard.refusal(scope("POST", host="127.0.0.1:8000", origin=own)) is None
+    assert guard.refusal(scope("POST", host="127.0.0.1:8000")) is None  # curl and scripts send no Origin
+    assert guard.refusal(scope("GET", host="127.0.0.1:8000", origin="http://evil.example")) is None
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:9999", "http://localhost:8000"):
+        assert guard.refusal(scope("POST", host="127.0.0.1:8000", origin=origin)).status == 403, origin
+
+
+def test_foreign_hosts_and_pages_are_refused_over_http(client: httpx.Client, server: str):
+    assert "not a name of this server" in error_of(client.get("/", headers={"host": "rebound.example"}), 400)
+    response = client.post("/predict", files={"image": ("7.png", page_png(), "image/png")},
+                           headers={"origin": "http://evil.example"})  # a form POST needs no preflight
+    assert "refused" in error_of(response, 403)
+    same = client.post("/predict", content=page_png(), headers={"content-type": "image/png", "origin": server})
+    assert same.status_code == 200
+    assert client.get("/health", headers={"host": f"localhost:{server.rsplit(':', 1)[1]}"}).status_code == 200
+
+
+# ---------------------------------------------------------------------------- clients that try to hold the server
+@pytest.fixture(scope="module")
+def strict(tiny_predictor):
+    """A server with short deadlines: each test waits for the server to act on them."""
+    config = serve.ServeConfig(header_timeout=0.3, body_timeout=0.3, max_header_bytes=4096)
+    with Served(serve.create_app(tiny_predictor, config), config) as running:
+        yield running
+
+
+@pytest.mark.parametrize("sent, part", [
+    (b"", "line and headers"),  # connects and says nothing
+    (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n", "line and headers"),
+    (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 500\r\n\r\n"
+     b"\x89PNG", "body"),
+    (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"1\r\n\x89\r\n", "body"),  # a chunked body at a byte now and then
+])
+def test_slow_clients_are_answered_408_and_closed(strict, sent: bytes, part: str):
+    answer = read_until_closed(connect(strict.port, sent))
+    assert answer.startswith(b"HTTP/1.1 408 ") and f"request {part} not received".encode() in answer, answer
+
+
+def test_huge_headers_are_refused_unread(strict):
+    sock = connect(strict.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 5000)
+    answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"--max-header-bytes" in answer, answer
+    assert httpx.get(strict.url + "/health", headers={"x-fine": "b" * 3000}).status_code == 200
+
+
+def test_normal_requests_are_answered_while_slow_clients_fill_the_connections(tiny_predictor):
+    config = serve.ServeConfig(max_connections=8, header_timeout=SAFETY_S * 3)  # deadlines play no part here
+    with Served(serve.create_app(tiny_predictor, config), config) as running:
+        slow = [connect(running.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(20)]
+        with httpx.Client(base_url=running.url, timeout=SAFETY_S) as visitor:  # one more connection
+            for _ in range(3):
+                assert visitor.post("/predict", content=page_png(), headers={"content-type": "image/png"}).status_code == 200
+            closed: set[int] = set()
+
+            def count_closed() -> bool:
+                readable, _, _ = select.select([s for i, s in enumerate(slow) if i not in closed], [], [], 0)
+                closed.update(slow.index(s) for s in readable)
+                return len(closed) >= 13
+
+            wait_for(count_closed, "13 slow clients to be closed")
+            assert closed == set(range(13))  # the longest-waiting went first; 7 slow ones still connected
+        for s in slow:
+            s.close()
+
+
+def test_connections_fit_the_open_files_limit(monkeypatch):
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert serve.connection_cap(1000) == 1024 - serve.NOFILE_RESERVE
+    assert serve.connection_cap(100) == 100
+    monkeypatch.undo()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    serve.raise_open_files_limit(2000)
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= min(2000 + serve.NOFILE_RESERVE, hard, max(soft, 2064))
+
+
+@pytest.fixture
+def gate(monkeypatch):
+    """Pictures over BIG_PIXELS wait in their thread until ``gate.set()``: a costly photo, held
+    still for as long as the test needs. Opened at the end whatever happens."""
+    opened = threading.Event()
+    real = serve.model_input
+
+    def held(picture: bytes, max_pixels: int):
+        if serve.picture_pixels(picture) > serve.BIG_PIXELS:
+            opened.wait(SAFETY_S)
+        return real(picture, max_pixels)
+
+    monkeypatch.setattr(serve, "model_input", held)
+    yield opened
+    opened.set()
+
+
+def test_costly_pictures_cannot_hold_up_the_rest(tiny_predictor, gate):
+    config = serve.ServeConfig(max_waiting_pictures=6, picture_timeout=SAFETY_S * 2)
+    big = encode(draw(SEVEN, size=(1100, 1000)), "PNG")  # 1.1 MP: one at a time, in the pool
+    medium = encode(draw(FOUR, size=(200, 200)), "PNG")  # in the pool, on the other thread
+    pending = lambda c: c.get("/health").json()["pictures_pending"]  # noqa: E731
+
+    async def scenario(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=SAFETY_S) as c:
+            sync = httpx.Client(base_url=url, timeout=SAFETY_S)
+            photos = [asyncio.create_task(c.post("/predict", content=big, headers={"content-type": "image/png"}))
+                      for _ in range(5)]
+            while pending(sync) < 5:
+                await asyncio.sleep(0.01)
+            for body in (page_png(), medium):
+                assert (await c.post("/predict", content=body, headers={"content-type": "image/png"})).status_code == 200
+            assert (await c.post("/predict", json={"pixels": [0.5] * 784})).status_code == 200
+            assert pending(sync) == 5 and not any(p.done() for p in photos)  # the photos are still held
+            photos.append(asyncio.create_task(c.post("/predict", content=big, headers={"content-type": "image/png"})))
+            while pending(sync) < 6:
+                await asyncio.sleep(0.01)
+            busy = await c.post("/predict", content=medium, headers={"content-type": "image/png"})
+            assert "busy: 6 pictures are waiting" in error_of(busy, 503) and busy.headers["retry-after"] == "1"
+            gate.set()
+            assert [r.status_code for r in await asyncio.gather(*photos)] == [200] * 6
+            assert pending(sync) == 0
+            sync.close()
+
+    with Served(serve.create_app(tiny_predictor, config), config) as running:
+        asyncio.run(scenario(running.url))
+
+
+def test_a_picture_past_its_deadline_is_a_503(tiny_predictor, gate):
+    config = serve.ServeConfig(picture_timeout=0.3)
+    big = encode(draw(SEVEN, size=(1100, 1000)), "PNG")
+    with Served(serve.create_app(tiny_predictor, config), config) as running, \
+            httpx.Client(base_url=running.url, timeout=SAFETY_S) as c:
+        late = c.post("/predict", content=big, headers={"content-type": "image/png"})  # held until gate.set()
+        assert "not decoded within 0.3 s (--picture-timeout)" in error_of(late, 503)
+        gate.set()
+        assert c.post("/predict", content=big, headers={"content-type": "image/png"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_real_costly_photo_leaves_small_pictures_answered(tiny_predictor):
+    from PIL import Image, ImageDraw
+
+    photo = Image.new("RGBA", (3460, 3460), (255, 255, 255, 0))  # issue 16: 46 KB, 12 MP once decoded
+    ImageDraw.Draw(photo).line([(1000, 900), (2500, 900), (1500, 2800)], fill=(0, 0, 0, 255), width=280)
+    costly = encode(photo, "PNG")
+    config = serve.ServeConfig()
+
+    async def scenario(url: str) -> tuple[list[int], list[int]]:
+        async with httpx.AsyncClient(base_url=url, timeout=SAFETY_S * 2) as c:
+            photos = [asyncio.create_task(c.post("/predict", content=costly, headers={"content-type": "image/png"}))
+                      for _ in range(4)]
+            small = [(await c.post("/predict", content=page_png(), headers={"content-type": "image/png"})).status_code
+                     for _ in range(10)]
+            return small, [r.status_code for r in await asyncio.gather(*photos)]
+
+    with Served(serve.create_app(tiny_predictor, config), config) as running:
+        small, photos = asyncio.run(scenario(running.url))
+    assert small == [200] * 10 and set(photos) <= {200, 422, 503}, photos
+
+
 # ---------------------------------------------------------------------------- the page
 def test_the_page_and_its_files_are_served_without_outside_resources(client: httpx.Client):
     page = client.get("/")
@@ -237,12 +514,6 @@ def test_loopback_by_default():
 
 
 def test_several_worker_processes_serve_one_port(tiny_predictor):
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -287,7 +558,46 @@ def test_several_worker_processes_serve_one_port(tiny_predictor):
     while any(map(alive, children)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(alive, children)), "worker processes outlived the server"
-    assert "with 2 worker processes" in server.stderr.read()
+    log = server.stderr.read()
+    assert "with 2 worker processes" in log
+    assert "cuInit" not in log and "cuda" not in log.lower(), log  # TensorFlow's start-up noise, per worker
+
+
+def test_a_busy_port_is_one_line_and_exit_status_2(tiny_predictor, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status = cli.main(["serve", str(tiny_predictor.source), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"error: port {port} is in use on 127.0.0.1 (another server?); " \
+                                  "stop it or pick another with --port\n", err  # and no "serving ... on"
+
+
+def test_sigterm_stops_the_server_while_slow_clients_hold_connections(tiny_predictor):
+    server = subprocess.Popen([sys.executable, "-m", "mnistlab.cli", "serve", str(tiny_predictor.source), "--port", "0",
+                               "--header-timeout", "600", "--body-timeout", "600"],  # only the shutdown may end them
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for line in server.stderr:  # "serving tiny (keras) on http://127.0.0.1:PORT/"
+            if found := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/", line):
+                port = int(found.group(1))
+                break
+        else:
+            pytest.fail(f"the server exited with {server.wait()} before serving")
+        wait_for(lambda: answers_health(f"http://127.0.0.1:{port}"), "the server to answer")
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        clients = [connect(port, head), connect(port, head + b"Content-Length: 1000\r\n\r\n\x89PNG")]
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=SAFETY_S).status_code == 200  # they are in
+        server.send_signal(signal.SIGTERM)
+        answers = [read_until_closed(c) for c in clients]  # closed by the server, not by their deadlines
+        server.wait(timeout=SAFETY_S)
+    finally:
+        server.kill()
+        server.wait()
+    # Told (503) if the server had read their bytes, else just closed; either way, not waited for.
+    assert all(a == b"" or a.startswith(b"HTTP/1.1 503 ") and b"shutting down" in a for a in answers), answers
+    assert "Traceback" not in server.stderr.read()
 
 
 def test_workers_must_be_positive(tiny_predictor):
@@ -313,16 +623,34 @@ def test_trained_model_over_http(real_mnist, tmp_path_factory):
         assert answers == predictor.logits(real_mnist.test.images[:20]).argmax(1).tolist()
 
 
-def test_a_failing_model_is_a_json_500(tiny_predictor):
+def test_a_failing_model_is_a_json_500_and_one_log_line(tiny_predictor, capfd):
     import dataclasses
 
     def call(images: np.ndarray) -> np.ndarray:
         if images.any():  # the start-up call (all zeros) passes, real pictures fail
-            raise RuntimeError("the model fell over")
+            raise RuntimeError("the model fell over\nsecond line of the message")
         return tiny_predictor.call(images)
 
     failing = dataclasses.replace(tiny_predictor, call=call)
-    with _models.RunningServer(serve.create_app(failing)) as running:
+    config = serve.ServeConfig()
+    with Served(serve.create_app(failing, config), config) as running:
+        capfd.readouterr()
         response = httpx.post(f"{running.url}/predict", json={"pixels": [0.5] * 784}, timeout=30)
         assert httpx.get(f"{running.url}/health").json()["status"] == "ok"  # still serving
+        log = capfd.readouterr().err
     assert response.status_code == 500 and response.json() == {"error": "internal error; see the server's log"}
+    assert log.splitlines() == ["error: POST /predict: RuntimeError: the model fell over"], log
+
+
+def test_clients_that_hang_up_leave_no_traceback(served, capfd):
+    capfd.readouterr()
+    body = json.dumps({"pixels": [0.5] * 784}).encode()
+    head = "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    connect(served.port, (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:100]).close()  # mid-body
+    connect(served.port, (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body).close()  # before the answer
+    sock = connect(served.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    sock.close()
+    wait_for(lambda: not served.state.connections and not served.state.tasks, "the server to see the hang-ups")
+    assert httpx.get(served.url + "/health").status_code == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception" not in err, err
