@@ -106,12 +106,18 @@ def write_run(folder: Path, name: str, model, data_dir: Path, epochs: int = 2) -
     return folder
 
 
+CALIBRATION = {"temperature": 1.7, "ece_before": 0.0312, "ece_after": 0.0081, "nll_before": 0.1234567,
+               "nll_after": 0.1, "images": N_VALIDATION, "bins": 15, "fitted_on": "validation"}
+
+
 def make_runs(root: Path) -> dict[str, Path]:
     """Synthetic IDX data under ``root/data`` and two runs: ``cnn`` and ``softmax``."""
     for role, fact in data.DATASETS["mnist"].files.items():
         idx.write_idx(root / "data" / (fact.name + ".gz"), synthetic_arrays()[role])
-    return {"cnn": write_run(root / "runs" / "cnn", "tiny-cnn", tiny_cnn(), root / "data"),
+    made = {"cnn": write_run(root / "runs" / "cnn", "tiny-cnn", tiny_cnn(), root / "data"),
             "softmax": write_run(root / "runs" / "softmax", "softmax", tiny_softmax(), root / "data")}
+    (made["cnn"] / "calibration.json").write_text(json.dumps(CALIBRATION))  # softmax's run has none
+    return made
 
 
 def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

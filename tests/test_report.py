@@ -91,6 +91,11 @@ def test_report_shows_numbers_for_people(runs, cnn_report):
     assert '<th>data.cache_dir</th><td class="unset">– (default)</td>' in config  # null in config.json
     assert "<th>data.mirrors</th><td>none</td>" in config and "<th>data.download</th><td>no</td>" in config
     assert "null" not in config and "NaN" not in shown
+    fitted = section(text, "reliability")  # calibration.json
+    for key, value in (("temperature", "1.7"), ("ece_before", "3.12%"), ("ece_after", "0.81%"),
+                       ("nll_before", "0.1235"), ("images", "20")):
+        assert f'<th>{key}</th><td class="num">{value}</td>' in fitted, key
+    assert "<th>fitted_on</th><td>validation</td>" in fitted
 
 
 def test_report_of_softmax_run_has_weight_images_and_no_conv_sections(runs, tmp_path):
@@ -100,6 +105,7 @@ def test_report_of_softmax_run_has_weight_images_and_no_conv_sections(runs, tmp_
     assert "filters" not in page.sections and "feature-maps" not in page.sections
     assert len(page.images) == CNN_IMAGES - 4
     assert page.images[-1]["alt"] == "weights"
+    assert "no calibration.json in the run folder: probabilities are the raw softmax" in out.read_text()
     # it says what it is doing, each slow step once
     assert messages[:3] == ["loading the mnist test split…", f"loading {runs['softmax'] / 'model.keras'}…",
                             "predicting 60 test images…"]

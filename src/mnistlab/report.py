@@ -236,6 +236,7 @@ img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 .note { color: #666; font-style: italic; } nav a { margin-right: 1em; }
 """
 ACCURACY_KEYS = ("accuracy", "ece")  # a metric whose name contains one of these is a fraction: shown as %
+LOSS_KEYS = ("loss", "nll")  # ... a cross-entropy in nats: four decimals
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -265,7 +266,7 @@ def format_metric(key: str, value: Any) -> str:
         return _config_text(value)
     if any(k in name for k in ACCURACY_KEYS):
         return f"{value:.2%}"
-    if "loss" in name:
+    if any(k in name for k in LOSS_KEYS):
         return f"{value:.4f}"
     if name.endswith("seconds"):
         return format_seconds(value)
@@ -322,6 +323,15 @@ def _metrics_section(run: Run) -> str:
     return text + (_table(timing) if timing else f'<p class="note">no {TIMING_FILE} in the run folder</p>')
 
 
+def _calibration_table(run: Run) -> str:
+    """``calibration.json`` (the temperature fitted on the validation split, ECE and NLL before
+    and after), or a note that the run has none."""
+    fitted = fileio.read_json(run.files.calibration_file)
+    if not fitted:
+        return f'<p class="note">no {run.files.calibration_file.name} in the run folder: probabilities are the raw softmax</p>'
+    return "<h3>Temperature scaling</h3>" + _table([_row(k, format_metric(k, v), v) for k, v in _flatten(fitted)])
+
+
 def _config_section(run: Run) -> str:
     """Every setting of config.json; unset ones (the default applies) shown as "– (default)"."""
     return _table([_row(k, _config_text(v), v) for k, v in _flatten(run.config)])
@@ -363,7 +373,7 @@ def write_report(run: Run, out: str | Path | None = None, index: int = 0, log: L
         ("config", "Configuration", _config_section(run)),
         ("confusion", "Confusion matrix", picture("confusion", "confusion matrix")
          + _per_class_table(_confusion_matrix(run, log), run.class_names)),
-        ("reliability", "Calibration", picture("reliability", "reliability diagram")),
+        ("reliability", "Calibration", picture("reliability", "reliability diagram") + _calibration_table(run)),
         ("curves", "Training curves", picture("curves", "training curves", optional=True)),
         ("samples", "Test images and predictions", picture("samples", "test images")),
         ("errors", "Misclassified test images", picture("errors", "errors", optional=True)),
