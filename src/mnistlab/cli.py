@@ -148,7 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mnistlab import data, evaluate, models, runs, runtime
 
-    saved = runs.RunFolder(args.run).read_config()
+    folder = runs.RunFolder(args.run)
+    saved = folder.read_config()
     ds = data.load(_saved_data_config(saved, args))
     if args.untrained:
         runtime.configure_tensorflow(saved["train"]["seed"])
@@ -156,10 +157,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                                 for k, v in saved["arch"].items()})
     else:
         model = runs.load_model(args.run)
-    result = evaluate.evaluate_split(model, ds.split(args.split))
+    temperature = 1.0 if args.untrained else folder.temperature()
+    result = evaluate.evaluate_split(model, ds.split(args.split), temperature=temperature)
     label = "untrained " if args.untrained else ""
     print(f"Accuracy on {args.split.title()}-Set ({label}{saved['model']}): {result.accuracy:.2%} "
           f"({result.correct} / {len(result.labels)})   loss {result.loss:.4f}")
+    print(f"Calibration: temperature {temperature:.3f}"
+          + (" (fitted on the validation split)" if temperature != 1.0 else " (none)")
+          + f"; expected calibration error {result.ece_uncalibrated:.2%} uncalibrated, {result.ece:.2%} as shown")
     print("Confusion Matrix:")
     print(evaluate.confusion_table(result.confusion, ds.facts.class_names))
     precision, recall = result.precision_recall()
@@ -213,18 +218,18 @@ def _progress(message: str) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from mnistlab import report, runs
+    from mnistlab import analysis, report
 
-    path = report.draw(runs.Run(args.run), args.kind, args.out, index=args.index, count=args.count,
+    path = report.draw(analysis.Run(args.run), args.kind, args.out, index=args.index, count=args.count,
                        layer=args.layer, channel=args.channel, log=_progress)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mnistlab import report, runs
+    from mnistlab import analysis, report
 
-    print(f"wrote {report.write_report(runs.Run(args.run), args.out, index=args.index, log=_progress)}")
+    print(f"wrote {report.write_report(analysis.Run(args.run), args.out, index=args.index, log=_progress)}")
     return 0
 
 
@@ -232,6 +237,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from mnistlab import preprocess
 
+    preprocess.quiet_pillow_size_warning()
     image = preprocess.preprocess(args.image)
     if args.out is None:
         print(preprocess.ascii_art(image))
@@ -242,8 +248,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnistlab import predict, runs
+    from mnistlab import predict, preprocess, runs
 
+    preprocess.quiet_pillow_size_warning()
     predictor = runs.load_predictor(args.run)
     results = predict.predict_files(predictor, args.images, args.top)
     if args.json:
@@ -459,6 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except MnistlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the last net: every module turns the OS errors it expects into MnistlabError
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

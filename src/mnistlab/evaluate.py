@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mnistlab import calibrate
 from mnistlab.data import NUM_CLASSES, Split
 from mnistlab.inference import predict_logits, softmax
 from mnistlab.runs import RunFolder
@@ -18,7 +19,9 @@ EVAL_BATCH = 1000  # images per forward pass: large enough to be fast, small eno
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Results on one split. ``probabilities`` is ``(N, 10)``; ``confusion[true, predicted]``."""
+    """Results on one split. ``probabilities`` ``(N, 10)`` are ``softmax(logits / temperature)``
+    (the run's calibration); ``loss`` is the plain cross-entropy of the raw logits, as training
+    reports it; ``confusion[true, predicted]``."""
 
     loss: float
     accuracy: float
@@ -26,6 +29,18 @@ class Evaluation:
     predictions: np.ndarray
     probabilities: np.ndarray
     confusion: np.ndarray
+    logits: np.ndarray
+    temperature: float = 1.0
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error of the (calibrated) probabilities, 15 bins."""
+        return calibrate.expected_calibration_error(self.probabilities, self.labels)
+
+    @property
+    def ece_uncalibrated(self) -> float:
+        """The same of the raw softmax (temperature 1)."""
+        return calibrate.expected_calibration_error(calibrate.probabilities(self.logits), self.labels)
 
     @property
     def correct(self) -> int:
@@ -57,25 +72,29 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return tf.math.confusion_matrix(labels, predictions, num_classes=num_classes).numpy().astype(np.int64)
 
 
-def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> Evaluation:
-    """Metrics from logits and integer labels (softmax cross-entropy, computed stably by TF)."""
+def evaluate_logits(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> Evaluation:
+    """Metrics from logits and integer labels (softmax cross-entropy, computed stably by TF);
+    probabilities calibrated by ``temperature``."""
     import tensorflow as tf
 
     labels = labels.argmax(1) if labels.ndim == 2 else labels
     labels = labels.astype(np.int64)
+    logits = np.asarray(logits, np.float32)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    probabilities = softmax(np.asarray(logits, np.float32))
+    probabilities = softmax(logits / np.float32(temperature))
     predictions = probabilities.argmax(1)
     confusion = confusion_matrix(labels, predictions)
     return Evaluation(
         loss=float(tf.reduce_mean(losses).numpy()) if len(labels) else float("nan"),
         accuracy=float((predictions == labels).mean()) if len(labels) else float("nan"),
-        labels=labels, predictions=predictions, probabilities=probabilities, confusion=confusion)
+        labels=labels, predictions=predictions, probabilities=probabilities, confusion=confusion, logits=logits,
+        temperature=float(temperature))
 
 
-def evaluate_split(model: Any, split: Split, call: Callable[[np.ndarray], np.ndarray] | None = None) -> Evaluation:
+def evaluate_split(model: Any, split: Split, call: Callable[[np.ndarray], np.ndarray] | None = None,
+                   temperature: float = 1.0) -> Evaluation:
     """Evaluate ``model`` on one split (``call``: a compiled inference function to reuse)."""
-    return evaluate_logits(predict_logits(model, split.images, call=call), split.labels)
+    return evaluate_logits(predict_logits(model, split.images, call=call), split.labels, temperature)
 
 
 def confusion_table(confusion: np.ndarray, class_names: tuple[str, ...]) -> str:
@@ -106,6 +125,7 @@ def write_reports(run_dir: str | os.PathLike, result: Evaluation, split: str) ->
     folder.write_evaluation(split, {
         "split": split, "model_sha256": folder.model_digest(), "loss": result.loss, "accuracy": result.accuracy,
         "correct": result.correct, "total": int(len(result.labels)), "confusion_matrix": result.confusion.tolist(),
+        "temperature": result.temperature, "ece": _number(result.ece), "ece_uncalibrated": _number(result.ece_uncalibrated),
         "precision": [_number(p) for p in precision], "recall": [_number(r) for r in recall]})
     rows = ["index,label,prediction,confidence"]
     rows += [f"{m['index']},{m['label']},{m['prediction']},{m['confidence']:.6f}" for m in result.misclassified()]

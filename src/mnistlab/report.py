@@ -328,7 +328,8 @@ def _calibration_table(run: Run) -> str:
     and after), or a note that the run has none."""
     fitted = fileio.read_json(run.files.calibration_file)
     if not fitted:
-        return f'<p class="note">no {run.files.calibration_file.name} in the run folder: probabilities are the raw softmax</p>'
+        return (f'<p class="note">no {run.files.calibration_file.name} in the run folder: '
+                f'probabilities are the raw softmax</p>')
     return "<h3>Temperature scaling</h3>" + _table([_row(k, format_metric(k, v), v) for k, v in _flatten(fitted)])
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mnistlab import distribute, models, runtime
+from mnistlab import calibrate, distribute, models, runtime
 from mnistlab.config import SEED, from_json, option, show, validate
 from mnistlab.data import DataConfig, Dataset
 from mnistlab.errors import MnistlabError
@@ -741,6 +741,17 @@ def float32_model(settings: Settings, model: Any) -> Any:
     return copy
 
 
+def _calibrate(folder: RunFolder, model: Any, data: Dataset, infer: Callable,
+               evaluate_split: Callable) -> calibrate.Calibration | None:
+    """Fit the temperature on the validation split and save it (``calibration.json``); None without one."""
+    if not len(data.validation):
+        return None
+    val = evaluate_split(model, data.validation, infer)
+    calibration = calibrate.calibrate(val.logits, val.labels)
+    folder.write_calibration(calibration.to_json())
+    return calibration
+
+
 def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history: list[dict[str, float]],
             clock: Clock, evaluate_split: Callable, data: Dataset, infer: Callable,
             log: Callable[[str], None]) -> TrainResult:
@@ -750,7 +761,9 @@ def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history
     if model is not state.model:
         infer = compile_inference(model)
     folder.write_model(model)
-    test = evaluate_split(model, data.test, infer)
+    calibration = _calibrate(folder, model, data, infer, evaluate_split)
+    temperature = calibration.temperature if calibration else 1.0
+    test = evaluate_split(model, data.test, infer, temperature)
     best = max(history, key=lambda r: r["val_accuracy"]) if history and len(data.validation) else None
     metrics = {
         "model": settings.model,
@@ -763,10 +776,16 @@ def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history
         "val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,
+        "temperature": temperature,
+        "test_ece": test.ece,
+        "test_ece_uncalibrated": test.ece_uncalibrated,
     }
     folder.write_metrics(metrics)
     timing = clock.to_json()
     folder.write_timing(timing)
     log(f"Test Accuracy: {test.accuracy:.4f}  Test Loss: {test.loss:.6f}")
+    if calibration:
+        log(f"Calibrated: temperature {temperature:.3f} (fitted on validation); test ECE "
+            f"{test.ece_uncalibrated:.2%} -> {test.ece:.2%}")
     folder.convert_to_tflite(model, data.test.images, log)  # predict/serve answer from it without TensorFlow
     return TrainResult(folder.path, history, metrics, timing)
