@@ -1,0 +1,52 @@
+"""The one place that configures TensorFlow: oneDNN chosen before TensorFlow loads (and the user's
+own setting kept), the CPU count where ``sched_getaffinity`` does not exist."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mnistlab import runtime
+
+ONEDNN_ON_MESSAGE = "oneDNN custom operations are on"  # TensorFlow's own start-up line
+
+
+def child(code: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in (runtime.ONEDNN_ENV, runtime.LOG_LEVEL_ENV)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**base, **env}, check=True)
+
+
+@pytest.mark.parametrize("user, expected", [(None, "1"), ("0", "0"), ("1", "1")])
+def test_importing_mnistlab_sets_onednn_before_tensorflow_and_keeps_the_users_choice(user, expected):
+    env = {runtime.ONEDNN_ENV: user} if user is not None else {}
+    out = child("import os, sys, mnistlab\nprint('tensorflow' in sys.modules, os.environ['TF_ENABLE_ONEDNN_OPTS'])",
+                **env).stdout.split()
+    assert out == ["False", expected]
+
+
+@pytest.mark.parametrize("user, on", [(None, True), ("0", False)])
+def test_tensorflow_runs_onednn_as_chosen(user, on):
+    """TensorFlow announces oneDNN when it loads with it on (log level 0 lets the line through)."""
+    env = {runtime.LOG_LEVEL_ENV: "0", **({runtime.ONEDNN_ENV: user} if user is not None else {})}
+    err = child("import mnistlab\nimport tensorflow", **env).stderr
+    assert (ONEDNN_ON_MESSAGE in err) is on
+
+
+def test_the_cli_prepares_the_environment_too():
+    out = child("import os, sys\nfrom mnistlab import cli\ncli.build_parser()\n"
+                "print('tensorflow' in sys.modules, os.environ.get('TF_ENABLE_ONEDNN_OPTS'))").stdout.split()
+    assert out == ["False", "1"]
+
+
+def test_cpu_count_without_sched_getaffinity(monkeypatch):
+    assert runtime.cpu_count() >= 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS and Windows have none
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert runtime.cpu_count() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert runtime.cpu_count() == 1
+    assert runtime.onednn_setting() in ("on", "off", "TensorFlow's choice")
