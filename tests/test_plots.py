@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,6 @@ def write_run(folder: Path, name: str, model, data_dir: Path, epochs: int = 2) -
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rows = []
     for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
         h = model.fit(ds.train.images, ds.train.labels, batch_size=32, epochs=1, verbose=0,
                       validation_data=(ds.validation.images, ds.validation.labels)).history
         rows.append({"epoch": epoch, "train_loss": h["loss"][0], "train_accuracy": h["accuracy"][0],
