@@ -4,6 +4,8 @@ giving the same digits as the Keras model on the whole MNIST test set."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,107 @@ def test_cli_export_then_predict(tiny_run: Path, tmp_path: Path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+def _tiny_dataset(tiny_mnist_dir: Path):
+    from mnistlab import data
+
+    return data.load(data.DataConfig(data_dir=str(tiny_mnist_dir), validation_size=10, download=False))
+
+
+@pytest.mark.parametrize("quantize", ["int8", "float16"])
+def test_quantized_tflite_exports_load_and_record_their_check(tiny_run: Path, tiny_mnist_dir: Path, tmp_path: Path,
+                                                              quantize: str):
+    pytest.importorskip("ai_edge_litert")
+    from ai_edge_litert.interpreter import Interpreter
+
+    dataset = _tiny_dataset(tiny_mnist_dir)
+    plain = export.export(tiny_run, "tflite", tmp_path / "plain", data=dataset)
+    out = export.export(tiny_run, "tflite", tmp_path / quantize, quantize=quantize, data=dataset)
+    metadata = json.loads((out / "mnistlab.json").read_text())
+    assert metadata["quantize"] == quantize and metadata["bytes"] == (out / "model.tflite").stat().st_size
+    assert metadata["bytes"] < 0.7 * (plain / "model.tflite").stat().st_size  # 1 or 2 bytes a weight, not 4
+    check = metadata["check"]
+    assert check["images"] == len(dataset.test) and set(check) >= {"accuracy", "exported_accuracy", "accuracy_change_points"}
+    kinds = {d["dtype"] for d in Interpreter(str(out / "model.tflite")).get_tensor_details()}
+    assert (np.int8 in kinds) == (quantize == "int8") and (np.float16 in kinds) == (quantize == "float16")
+    original, exported = load_predictor(tiny_run), load_predictor(out)
+    assert exported.format == "tflite" and exported.info()["name"] == "tiny"
+    found = export.check_export(original, exported, dataset.test.images, dataset.test.labels)
+    assert found == check  # what was recorded is what the file does
+    tolerance = 0.05 if quantize == "float16" else 0.5  # logits of a random model: int8 steps are coarse
+    assert found["max_abs_logit_diff"] < tolerance
+    assert "checked on 20 test images" in export.describe_check(check)
+
+
+def test_int8_io_models_are_quantized_by_the_predictor(tiny_run: Path, tiny_mnist_dir: Path, tmp_path: Path):
+    """A model with int8 input and output (another converter's choice): Predictor quantizes the
+    images with the file's scale and zero point and dequantizes the logits."""
+    import tensorflow as tf
+
+    dataset = _tiny_dataset(tiny_mnist_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        export.write_saved_model(load_predictor(tiny_run).keras_model, Path(tmp))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None]] for image in dataset.train.images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+        (tmp_path / "io8.tflite").write_bytes(converter.convert())
+    found = export.check_export(load_predictor(tiny_run), load_predictor(tmp_path / "io8.tflite"), dataset.test.images)
+    assert found["max_abs_logit_diff"] < 0.5
+
+
+def test_quantize_needs_tflite_and_training_images(tiny_run: Path, tmp_path: Path):
+    with pytest.raises(MnistlabError, match="--quantize 'int8': expected one of int8, float16 with --format tflite"):
+        export.export(tiny_run, "savedmodel", tmp_path / "x", quantize="int8")
+    with pytest.raises(MnistlabError, match=r"no data settings \(config.json \"data\"\); --quantize int8"):
+        export.export(tiny_run, "tflite", tmp_path / "x", quantize="int8")
+    with pytest.raises(MnistlabError, match="--out: required, except for a float32 --format tflite of a run folder"):
+        export.export(tiny_run, "savedmodel", None)
+
+
+def test_export_without_out_writes_the_run_folders_tflite(tiny_mnist_dir: Path, tmp_path: Path, capsys):
+    pytest.importorskip("ai_edge_litert")
+    from mnistlab.runs import RunFolder
+
+    run = _models.untrained_run(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["data"] = {"data_dir": str(tiny_mnist_dir), "validation_size": 10, "download": False}
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_predictor(run).format == "keras"
+    assert cli.main(["export", str(run), "--format", "tflite"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run} (tflite)" in out and "checked on 20 test images: 0 digits differ" in out
+    assert RunFolder(run).read_tflite_check()["images"] == 20 and load_predictor(run).format == "tflite"
+
+
+@pytest.mark.slow
+def test_every_registry_model_passes_the_saved_model_and_tflite_checks(tmp_path: Path):
+    """The allowlists accept what export writes for every registry model and the pooling,
+    activation and dropout variants the builders offer; and the files load."""
+    from mnistlab import models, modelcheck
+
+    variants = [(name, {}) for name in models.MODELS] + [
+        ("cnn", dict(pooling="avg")), ("cnn", dict(pooling="stride")), ("cnn", dict(pooling="none", filters=(4,))),
+        ("cnn", dict(conv_dropout=0.2, act_after_pool=True)), ("cnn-hvass", dict(activation="gelu")),
+        ("cnn-hvass", dict(activation="elu")), ("cnn-hvass", dict(activation="tanh")),
+        ("mlp", dict(activation="sigmoid", input_dropout=0.2))]
+    for i, (name, options) in enumerate(variants):
+        model = models.build(name, seed=0, **options)
+        folder = tmp_path / f"{i}-{name}"
+        export.write_saved_model(model, folder)
+        modelcheck.check_saved_model(folder)  # raises on any op outside the allowlist
+        (folder / "model.tflite").write_bytes(export.tflite_bytes(model))
+        modelcheck.check_tflite(folder / "model.tflite", (folder / "model.tflite").read_bytes())
+        model.save(folder / "model.keras")
+        config = modelcheck.check_keras_file(folder / "model.keras")
+        modelcheck.check_keras_size(folder / "model.keras", config)
+        assert modelcheck.keras_model_size(config)[0] == model.count_params(), (name, options)
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    last = load_predictor(folder / "model.keras")  # the last variant in every format
+    for fmt in (folder, folder / "model.tflite"):
+        np.testing.assert_allclose(load_predictor(fmt).logits(images), last.logits(images), atol=1e-4)
+
+
 # ---------------------------------------------------------------------------- trained, real MNIST
 @pytest.mark.slow
 def test_saved_model_loads_like_tensorflow_serving(trained, real_mnist):
@@ -114,3 +217,36 @@ def test_exports_give_the_same_digits_on_the_test_set(trained, real_mnist, tmp_p
     assert found["savedmodel"]["different_digits"] == 0  # the same graph and weights
     assert found["tflite"]["different_digits"] <= 2  # float32 kernels may round a near-tie the other way
     assert found["tflite"]["max_abs_logit_diff"] < 1e-2
+
+
+@pytest.mark.slow
+def test_litert_and_tensorflow_give_the_same_answers_on_the_test_set(trained, real_mnist, tmp_path_factory):
+    """The run folder's model.tflite on LiteRT against model.keras on TensorFlow: same digits,
+    probabilities within 1e-5 on all 10,000 test images."""
+    pytest.importorskip("ai_edge_litert")
+    from mnistlab.runs import RunFolder
+
+    run = tmp_path_factory.mktemp("litert") / "run"
+    shutil.copytree(trained["run"], run)
+    keras_predictor = load_predictor(run, keras=True)
+    check = RunFolder(run).convert_to_tflite(keras_predictor.keras_model, real_mnist.test.images)
+    lite = load_predictor(run)
+    assert lite.format == "tflite" and check["images"] == 10_000
+    a, b = lite.probabilities(real_mnist.test.images), keras_predictor.probabilities(real_mnist.test.images)
+    assert (a.argmax(1) == b.argmax(1)).all()
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_int8_accuracy_change_on_the_test_set(trained, real_mnist, tmp_path_factory):
+    """Full-integer quantization of the trained model: the accuracy change on the 10,000 test
+    images (recorded as an artifact; the issue's target is at most 0.05 points lost)."""
+    pytest.importorskip("ai_edge_litert")
+    out = export.export(trained["run"], "tflite", tmp_path_factory.mktemp("int8") / "int8", quantize="int8",
+                        data=real_mnist)
+    check = json.loads((out / "mnistlab.json").read_text())["check"]
+    (_models.artifacts_dir(tmp_path_factory) / "int8-accuracy.json").write_text(json.dumps(check, indent=2))
+    print(f"\nint8 on the 10,000 test images: {export.describe_check(check)}")
+    assert check["images"] == 10_000
+    assert check["accuracy_change_points"] >= -0.1  # int8 keeps the float model's accuracy within 0.1 points
+    assert check["different_digits"] <= 50

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import _models
-from mnistlab import export, modelcheck
+from mnistlab import convert, export, modelcheck
 from mnistlab.errors import MnistlabError
 from mnistlab.runs import RunFolder, load_predictor
 
@@ -297,7 +297,7 @@ def test_a_stale_or_swapped_tflite_is_ignored(tmp_path: Path):
     images = np.random.default_rng(SEED).random((20, 28, 28, 1), dtype=np.float32)
     model = load_predictor(run, keras=True).keras_model
     check = folder.convert_to_tflite(model, images, log=lambda line: None)
-    assert check["images"] == 20 and check["max_abs_probability_diff"] <= export.TFLITE_TOLERANCE
+    assert check["images"] == 20 and check["max_abs_probability_diff"] <= convert.TFLITE_TOLERANCE
     assert load_predictor(run).format == "tflite" and load_predictor(run / "model.keras").format == "keras"
     content = folder.tflite_file.read_bytes()
     folder.tflite_file.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))  # swapped for another file
@@ -317,10 +317,44 @@ def test_a_failed_conversion_leaves_one_line_and_no_tflite(tmp_path: Path, monke
     def broken(model, quantize=None, calibration=None):
         raise MnistlabError("TFLite conversion failed: no converter here")
 
-    monkeypatch.setattr(export, "tflite_bytes", broken)
+    monkeypatch.setattr(convert, "tflite_bytes", broken)
     lines: list[str] = []
     assert folder.convert_to_tflite(load_predictor(run).keras_model, np.zeros((2, 28, 28, 1), np.float32),
                                     lines.append) is None
     assert lines == ["model.tflite not written (TFLite conversion failed: no converter here); "
                      "predict and serve will use model.keras"]
     assert not folder.tflite_file.exists() and load_predictor(run).format == "keras"
+
+
+NO_TENSORFLOW = """
+import json, sys
+from mnistlab import predict, runs
+predictor = runs.load_predictor(sys.argv[1])
+results = predict.predict_files(predictor, [sys.argv[2]])
+heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)
+print(json.dumps({"format": predictor.format, "heavy": heavy, "results": results}))
+"""
+
+
+def test_predicting_from_a_run_with_its_tflite_imports_no_tensorflow(tmp_path: Path):
+    """The predict path (load, preprocess, answer) of a run with a checked model.tflite runs on
+    LiteRT alone, and answers as model.keras does."""
+    pytest.importorskip("ai_edge_litert")
+    import subprocess
+    import sys
+
+    from _models import SEVEN, draw
+    from mnistlab import predict
+
+    run = _models.untrained_run(tmp_path / "run")
+    images = np.random.default_rng(SEED).random((20, 28, 28, 1), dtype=np.float32)
+    assert RunFolder(run).convert_to_tflite(load_predictor(run).keras_model, images, log=lambda line: None)
+    draw(SEVEN).save(tmp_path / "seven.png")
+    child = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(run), str(tmp_path / "seven.png")],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    answer = json.loads(child.stdout)
+    assert answer["format"] == "tflite" and answer["heavy"] == []
+    expected = predict.predict_files(load_predictor(run, keras=True), [tmp_path / "seven.png"])[0]
+    assert answer["results"][0]["digit"] == expected["digit"]
+    assert answer["results"][0]["probability"] == pytest.approx(expected["probability"], abs=1e-5)

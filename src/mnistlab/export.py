@@ -22,19 +22,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mnistlab import fileio
+from mnistlab.convert import check_export, tflite_bytes, write_run_tflite, write_saved_model
 from mnistlab.errors import MnistlabError
-from mnistlab.inference import (INPUT_SHAPE, METADATA_FILE, SAVED_MODEL_METADATA, TFLITE_FILE, Predictor,
-                                load_model_file, quiet_stderr)
-from mnistlab.modelcheck import first_line
+from mnistlab.inference import METADATA_FILE, SAVED_MODEL_METADATA, TFLITE_FILE, load_model_file
 from mnistlab.runs import RunFolder, load_predictor
 
 FORMATS = ("savedmodel", "tflite")
 QUANTIZATIONS = ("int8", "float16")
 CALIBRATION_IMAGES = 500  # training images that set the int8 scales (TFLite's guide: 100-500)
-TFLITE_TOLERANCE = 1e-5  # largest probability difference at which model.tflite may answer for model.keras
 
 
 def export(run: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, force: bool = False,
@@ -103,70 +101,6 @@ def run_dataset(run: str | os.PathLike, required: bool) -> Any:
     return data.load(from_json(data.DataConfig, saved))
 
 
-def write_saved_model(model: Any, folder: Path) -> None:
-    """``model.export`` with an explicit float32 ``(None, 28, 28, 1)`` serving signature."""
-    import tensorflow as tf
-
-    spec = tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name="image")
-    model.export(str(folder), format="tf_saved_model", verbose=False, input_signature=[spec])
-
-
-def tflite_bytes(model: Any, quantize: str | None = None, calibration: Any = None) -> bytes:
-    """The model as a TFLite flat buffer, built-in ops only (converted via a SavedModel, the
-    path TensorFlow documents for Keras 3): float32, or ``quantize`` ``float16`` (weights) or
-    ``int8`` (weights and activations, scales from ``calibration`` images ``(N, 28, 28, 1)``;
-    the model still takes and gives float32, quantized at its edges)."""
-    import numpy as np
-    import tensorflow as tf
-
-    with tempfile.TemporaryDirectory(prefix="mnistlab-tflite-") as tmp:
-        write_saved_model(model, Path(tmp) / "saved")
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved"))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantize == "int8":
-            images = np.asarray(calibration, np.float32)
-            converter.representative_dataset = lambda: ([image[None]] for image in images)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        try:
-            with quiet_stderr():  # the converter's C++ log lines
-                return converter.convert()
-        except Exception as exc:  # the converter raises ConverterError and friends
-            raise MnistlabError(f"TFLite conversion failed: {str(exc).splitlines()[0][:300]}") from None
-
-
-def write_run_tflite(folder: RunFolder, model: Any, images: Any, log: Callable[[str], None] = print) -> dict | None:
-    """Convert a run's model to ``model.tflite`` and check it against ``model`` on ``images``;
-    kept only when every probability agrees within ``TFLITE_TOLERANCE``, so predict and serve
-    answer the same from either file. On failure: one line to ``log``, no ``model.tflite``
-    (a stale one is removed), and None: training goes on without it."""
-    from mnistlab.inference import compile_inference
-
-    try:
-        content = tflite_bytes(model)
-        with tempfile.TemporaryDirectory(prefix="mnistlab-tflite-") as tmp:
-            fileio.write_bytes(Path(tmp) / TFLITE_FILE, content)
-            keras_call = compile_inference(model)
-            reference = Predictor("keras", "keras", folder.model_file, None, {}, call=keras_call)
-            check = check_export(reference, load_model_file(Path(tmp) / TFLITE_FILE), images)
-    except Exception as exc:  # any failure here must not fail the training that called it
-        folder.remove_tflite()
-        log(f"model.tflite not written ({first_line(exc)}); predict and serve will use model.keras")
-        return None
-    if check["max_abs_probability_diff"] > TFLITE_TOLERANCE:
-        folder.remove_tflite()
-        log(f"model.tflite not kept: its probabilities differ from model.keras by up to "
-            f"{check['max_abs_probability_diff']:.2g} (> {TFLITE_TOLERANCE:g}); predict and serve will use model.keras")
-        return None
-    folder.write_tflite(content, {**check, "accepted": True, "parameters": int(model.count_params())})
-    log(f"wrote {folder.tflite_file.name}: probabilities within {check['max_abs_probability_diff']:.1g} of "
-        f"{folder.model_file.name} on {check['images']:,} test images")
-    return check
-
-
 @contextlib.contextmanager
 def _building(out: Path):
     """Yield an empty temp folder beside ``out``; on success it replaces ``out``, else it is removed."""
@@ -203,20 +137,3 @@ def describe_check(check: dict[str, Any]) -> str:
         line += (f"; accuracy {check['exported_accuracy']:.2%} (Keras {check['accuracy']:.2%}, "
                  f"{check['accuracy_change_points']:+.2f} points)")
     return line
-
-
-def check_export(original: Predictor, exported: Predictor, images: Any, labels: Any = None) -> dict[str, Any]:
-    """Compare two predictors on ``images``: digits that differ, largest logit and probability
-    differences, and with ``labels`` both accuracies and the change in percentage points."""
-    import numpy as np
-
-    from mnistlab.inference import softmax
-
-    a, b = original.logits(images), exported.logits(images)
-    result: dict[str, Any] = {"images": len(images), "different_digits": int((a.argmax(1) != b.argmax(1)).sum()),
-                              "max_abs_logit_diff": float(np.abs(a - b).max()) if len(images) else 0.0,
-                              "max_abs_probability_diff": float(np.abs(softmax(a) - softmax(b)).max()) if len(images) else 0.0}
-    if labels is not None and len(images):
-        before, after = float((a.argmax(1) == labels).mean()), float((b.argmax(1) == labels).mean())
-        result.update(accuracy=before, exported_accuracy=after, accuracy_change_points=round(100 * (after - before), 4))
-    return result
