@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from synthetic import class_images
 
-from mnistlab.augment import augment_batch
+from mnistlab.augment import AFFINE, ROBUST, augment_batch, identity
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,7 @@ def test_moves_pixels_but_keeps_most_ink(images):
 
 
 def test_zero_strength_is_the_identity(images):
-    out = augment_batch(images, seed=[0, 0], rotation_deg=0.0, scale_range=(1.0, 1.0), shift_px=0.0,
-                        elastic_alpha=0.0).numpy()
+    out = augment_batch(images, [0, 0], identity()).numpy()
     np.testing.assert_allclose(out, images, atol=1e-6)
 
 
@@ -56,3 +55,55 @@ def test_neighbouring_step_seeds_give_unrelated_warps(images):
     a = augment_batch(images, seed=[5, 10]).numpy()
     b = augment_batch(images, seed=[5, 11]).numpy()
     assert np.abs(a - b).mean() > 0.02
+
+
+@pytest.mark.parametrize("policy", [AFFINE, ROBUST], ids=["affine", "robust"])
+def test_each_policy_keeps_shape_range_and_is_a_pure_function_of_the_seed(images, policy):
+    a = augment_batch(images, [1, 2], policy).numpy()
+    assert a.shape == images.shape and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+    np.testing.assert_array_equal(a, augment_batch(images, [1, 2], policy).numpy())
+    assert not np.array_equal(a, augment_batch(images, [1, 3], policy).numpy())
+
+
+def only(**changes):
+    """The identity policy with one family of changes switched on for every image."""
+    from dataclasses import replace
+
+    return replace(identity(), **changes)
+
+
+def ink(x) -> np.ndarray:
+    return np.asarray(x).sum(axis=(1, 2, 3))
+
+
+def test_the_pen_gets_thicker_or_thinner(images):
+    thicker = augment_batch(images, [0, 1], only(stroke_p=1.0, stroke_steps=(2,))).numpy()
+    thinner = augment_batch(images, [0, 1], only(stroke_p=1.0, stroke_steps=(-1,))).numpy()
+    assert np.all(ink(thicker) > 1.1 * ink(images)) and np.all(ink(thinner) < 0.95 * ink(images))
+
+
+def test_low_resolution_and_blur_remove_fine_detail(images):
+    def detail(x):  # mean absolute difference between neighbouring pixels: edges
+        x = np.asarray(x)[..., 0]
+        return np.abs(np.diff(x, axis=2)).mean()
+
+    for policy in (only(lowres_p=1.0, lowres_sides=(12,)), only(blur_p=1.0, blur_sigmas=(1.4,))):
+        out = augment_batch(images, [0, 1], policy).numpy()
+        assert detail(out) < 0.8 * detail(images)
+        assert out.max(axis=(1, 2, 3)).min() > 0.5  # a faint digit, not an erased one
+
+
+def test_slant_moves_the_top_and_bottom_apart():
+    """Vertical bars sheared by up to 0.4: their top rows move one way and their bottom rows the
+    other, by up to 0.4 x 17 rows ~ 7 px, each bar by its own amount."""
+    bars = np.zeros((16, 28, 28, 1), np.float32)
+    bars[:, 4:24, 13:15] = 1.0
+    out = augment_batch(bars, [0, 7], only(shear=0.4)).numpy()[..., 0]
+    columns = np.arange(28)
+    lean = (out[:, 5] * columns).sum(1) / out[:, 5].sum(1) - (out[:, 22] * columns).sum(1) / out[:, 22].sum(1)
+    assert np.abs(lean).max() > 4 and np.abs(lean).max() < 8 and np.ptp(lean) > 2
+
+
+def test_the_robust_policy_changes_digits_more_than_affine(images):
+    moved = [np.abs(augment_batch(images, [s, 9], p).numpy() - images).mean() for p in (AFFINE, ROBUST) for s in (0,)]
+    assert moved[1] > moved[0]

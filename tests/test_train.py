@@ -239,12 +239,12 @@ def test_clean_epochs_train_the_last_epochs_without_augmentation(data, tmp_path,
 
     augmented = tf.Variable(0, dtype=tf.int64)
 
-    def counting(x, seed):  # counts the images it is given, at run time, inside the compiled step
+    def counting(x, seed, augmentation):  # counts the images it is given, at run time, inside the compiled step
         augmented.assign_add(tf.shape(x, out_type=tf.int64)[0])
         return x
 
     monkeypatch.setattr(augment, "augment_batch", counting)
-    recipe = dict(epochs=3, batch_size=40, augment=True, clean_epochs=1)
+    recipe = dict(epochs=3, batch_size=40, augment="affine", clean_epochs=1)
     train("softmax", data, tmp_path / "clean", TrainConfig(**NO_TB), recipe, log=[].append)
     assert int(augmented.numpy()) == 2 * len(data.train)  # epochs 1-2 augmented, epoch 3 as they are
     with pytest.raises(MnistlabError, match="--clean-epochs -1"):
@@ -319,7 +319,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 RESUME_CASES = {
     "fast": ("fast", dict(epochs=3, batch_size=32), dict(filters=(4, 8, 8))),
     "cnn": ("cnn", dict(epochs=3, batch_size=32), dict(filters=(4, 8, 8))),
-    "dropout+augment": ("cnn3", dict(epochs=3, batch_size=32, augment=True, clean_epochs=1),
+    "dropout+augment": ("cnn3", dict(epochs=3, batch_size=32, augment="robust", clean_epochs=1),
                         dict(filters=(4, 8, 8), fc_units=(16,))),
 }
 

@@ -26,6 +26,7 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "gelu")
 POOLINGS = ("max", "avg", "stride", "none")  # stride: stride-2 convolution instead of pooling
 INITS = ("glorot_uniform", "he_normal", "random_normal", "truncated_normal", "zeros")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adadelta")
+AUGMENTATIONS = ("none", "affine", "robust")  # augment.POLICIES, by name
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
 
 
@@ -156,7 +157,9 @@ class Recipe:
                         check=FRACTION)
     weight_decay: float = option(0.0, "decoupled weight decay (adamw)", check=(lambda v: 0 <= v < 1, "0 <= value < 1"))
     label_smoothing: float = option(0.0, "label smoothing of the training targets", check=FRACTION)
-    augment: bool = option(False, "random shifts/rotations/scaling/elastic distortion, on the fly (augment.py)")
+    augment: str = option("none", "augmentation on the fly: affine (rotation, scale, shift, elastic), robust "
+                                  "(also slant, aspect, pen width, low resolution, blur, noise), none",
+                          choices=AUGMENTATIONS)
     clean_epochs: int = option(0, "with --augment: train the last N epochs on the images as they are", check=NON_NEGATIVE)
 
     def summary(self) -> str:
@@ -168,8 +171,9 @@ class Recipe:
             extras.insert(0, f"rho {self.rho:g}")
         if self.schedule == "step":
             extras.insert(0, f"gamma {self.gamma:g}")
-        if self.augment:
-            extras.append("augmented" + (f", last {self.clean_epochs} epochs clean" if self.clean_epochs else ""))
+        if self.augment != "none":
+            extras.append(f"{self.augment} augmentation" + (f", last {self.clean_epochs} epochs clean"
+                                                            if self.clean_epochs else ""))
         return ", ".join([f"{self.optimizer} {self.learning_rate:g} ({self.schedule})", f"batch {self.batch_size}",
                           length, *extras])
 
@@ -249,9 +253,9 @@ MODELS: dict[str, ModelSpec] = {
     "best": ModelSpec(
         convnet, dict(filters=(32, 64, 128), convs=(1, 2, 2), kernel_size=3, fc_units=(256,), dropout=0.4,
                       batchnorm=True),
-        course=Recipe("adam", 3e-3, 128, epochs=28, schedule="onecycle", label_smoothing=0.1, augment=True,
+        course=Recipe("adam", 3e-3, 128, epochs=28, schedule="onecycle", label_smoothing=0.1, augment="affine",
                       clean_epochs=2),
-        default=Recipe("adam", 3e-3, 128, epochs=28, schedule="onecycle", label_smoothing=0.1, augment=True,
+        default=Recipe("adam", 3e-3, 128, epochs=28, schedule="onecycle", label_smoothing=0.1, augment="affine",
                        clean_epochs=2),
         course_accuracy=None, source="mnistlab",
         description="best: conv3x3 32 | 64x2 | 128x2, BN, pooled -> fc256 dropout, augmented, 28 epochs"),

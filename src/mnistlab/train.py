@@ -353,9 +353,13 @@ def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any
     base_seed = tf.constant([seed, 0], tf.int64)
     single = strategy.num_replicas_in_sync == 1
     scale_loss = getattr(optimizer, "scale_loss", None)  # LossScaleOptimizer (mixed_float16)
-    augment = None
-    if recipe.augment:
-        from mnistlab.augment import augment_batch as augment
+    if recipe.augment != "none":
+        from mnistlab.augment import augment_batch, policy
+
+        augmentation = policy(recipe.augment)
+
+        def augment(x, seed):
+            return augment_batch(x, seed, augmentation)
 
     def learn(x, y, global_size):
         """One optimizer step on this replica's share ``x, y`` of a global batch of ``global_size``
@@ -548,7 +552,7 @@ class Loop:
         import tensorflow as tf
 
         order = tf.constant(epoch_order(self.seed, epoch, self.plan.n_train))
-        augmenting = self.recipe.augment and epoch < self.plan.epochs - self.recipe.clean_epochs
+        augmenting = self.recipe.augment != "none" and epoch < self.plan.epochs - self.recipe.clean_epochs
         steps = self.plan.epoch_steps(epoch)
         start = int(self.state.step_in_epoch.numpy())
         task = self.bar.add_task(f"epoch {epoch + 1}/{self.plan.epochs}", total=steps, completed=start,
