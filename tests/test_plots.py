@@ -290,10 +290,10 @@ def test_symmetric_limit():
     assert plots.symmetric_limit(np.zeros(3)) == 1.0
 
 
-def test_image_grid_keeps_its_signature(tmp_path):
-    """`mnistlab data grid` calls image_grid(images, titles, out) (until it calls save_figure)."""
+def test_image_grid_is_a_figure_saved_separately(tmp_path):
     images = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
-    fig = plots.image_grid(images, ["a", "b", "c"], tmp_path / "grid.png")
+    fig = plots.image_grid(images, ["a", "b", "c"])
+    plots.save_figure(fig, tmp_path / "grid.png")
     check_png(tmp_path / "grid.png", (1000, 240))
     assert tile_titles(fig) == ["a", "b", "c"]
 
@@ -397,7 +397,7 @@ def test_calibration_bins_and_expected_calibration_error_by_hand():
     # 5 bins: (0.8, 1] holds 2 images, accuracy 0.5, confidence 0.9: 2/4 * 0.4 = 0.2
     #         (0.4, 0.6] holds 1,      accuracy 1,   confidence 0.5: 1/4 * 0.5 = 0.125
     #         (0.2, 0.4] holds 1,      accuracy 0,   confidence 0.3: 1/4 * 0.3 = 0.075; ECE = 0.4
-    counts, accuracy, confidence = plots.calibration_bins(HAND_PROBABILITIES, HAND_LABELS, bins=5)
+    counts, accuracy, confidence = calibrate.calibration_bins(HAND_PROBABILITIES, HAND_LABELS, bins=5)
     assert counts.tolist() == [0, 1, 1, 0, 2]
     np.testing.assert_allclose(accuracy, [np.nan, 0.0, 1.0, np.nan, 0.5])
     np.testing.assert_allclose(confidence, [np.nan, 0.3, 0.5, np.nan, 0.9])
@@ -407,7 +407,7 @@ def test_calibration_bins_and_expected_calibration_error_by_hand():
     assert ece(HAND_PROBABILITIES, HAND_LABELS, bins=1) == pytest.approx(0.15)  # |2/4 - 2.6/4|
     assert ece(np.tile([0.75, 0.25], (4, 1)), np.array([0, 0, 0, 1])) == pytest.approx(0.0)  # 75% sure, 3 of 4 right
     edge = np.array([[1.0, 0.0], [0.6, 0.4]])  # on bin edges: 1.0 in the last bin, 0.6 in (0.4, 0.6]
-    assert plots.calibration_bins(edge, np.array([0, 0]), bins=5)[0].tolist() == [0, 0, 1, 0, 1]
+    assert calibrate.calibration_bins(edge, np.array([0, 0]), bins=5)[0].tolist() == [0, 0, 1, 0, 1]
 
 
 def test_calibration_bins_give_calibrates_ece():
@@ -417,7 +417,7 @@ def test_calibration_bins_give_calibrates_ece():
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     labels = np.where(rng.uniform(size=500) < 0.7, probabilities.argmax(1), rng.integers(0, 10, 500))
     for bins in (1, 7, 15):
-        counts, accuracy, confidence = plots.calibration_bins(probabilities, labels, bins)
+        counts, accuracy, confidence = calibrate.calibration_bins(probabilities, labels, bins)
         assert counts.sum() == 500
         full = counts > 0
         from_bins = np.sum(counts[full] / 500 * np.abs(accuracy[full] - confidence[full]))

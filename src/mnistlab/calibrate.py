@@ -61,22 +61,43 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(1 / ((lo + hi) / 2))
 
 
+def _check_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, C)`` float64 probabilities and ``(N,)`` integer labels, or a clear error."""
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    if probabilities.ndim != 2 or labels.shape != probabilities.shape[:1] or not len(labels):
+        raise MnistlabError(f"probabilities {probabilities.shape} and labels {labels.shape}: "
+                            f"expected (N, classes) and (N,) with N >= 1")
+    return probabilities, labels.astype(np.int64)
+
+
+def calibration_bins(probabilities: np.ndarray, labels: np.ndarray,
+                     bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: image count, accuracy and mean confidence, ``(bins,)``
+    each (NaN where a bin is empty), binned as ``expected_calibration_error`` uses them:
+    an image's confidence is its predicted class's probability, bin ``b`` holds confidences in
+    ``(b/bins, (b+1)/bins]`` (the first also 0)."""
+    if bins < 1:
+        raise MnistlabError(f"bins {bins}: expected at least 1")
+    probabilities, labels = _check_probabilities(probabilities, labels)
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins: 0 / 0 = NaN on purpose
+        accuracy = np.bincount(which, weights=correct, minlength=bins) / counts
+        mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / counts
+    return counts, accuracy, mean_confidence
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE = sum over equal-width confidence bins of (n_b / N) |accuracy_b - confidence_b|,
     confidence being each row's top probability (Naeini et al. 2015; Guo et al. 2017)."""
-    probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, np.int64)
-    if len(labels) == 0:
+    if len(np.asarray(labels)) == 0:
         return float("nan")
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (lo, hi] bins
-    error = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
+    counts, accuracy, confidence = calibration_bins(probabilities, labels, bins)
+    full = counts > 0
+    return float((counts[full] / counts.sum() * np.abs(accuracy[full] - confidence[full])).sum())
 
 
 @dataclass(frozen=True)

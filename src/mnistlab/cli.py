@@ -76,7 +76,7 @@ def cmd_data_grid(args: argparse.Namespace) -> int:
     sel = slice(args.index, args.index + args.count)
     titles = [f"label={ds.facts.class_names[int(y)]}" for y in split.labels[sel]]
     try:
-        plots.image_grid(split.images[sel], titles, args.out)
+        plots.save_figure(plots.image_grid(split.images[sel], titles), args.out)
     except OSError as exc:
         raise MnistlabError(f"--out {args.out}: cannot write ({exc.strerror or exc}); "
                             f"expected a PNG file path in a writable folder") from None

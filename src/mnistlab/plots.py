@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from mnistlab import fileio
-from mnistlab.calibrate import ECE_BINS, expected_calibration_error
+from mnistlab.calibrate import ECE_BINS, calibration_bins, expected_calibration_error
 from mnistlab.errors import MnistlabError
 
 if TYPE_CHECKING:
@@ -96,13 +96,12 @@ def save_figure(fig: Figure, out: str | os.PathLike, dpi: int = DPI) -> None:
 
 
 # ---------------------------------------------------------------------- images
-def image_grid(images: np.ndarray, titles: Sequence[str], out: str | os.PathLike | None = None,
-               cmap: str = "binary", columns: int = GRID_COLUMNS, title: str | None = None) -> Figure:
+def image_grid(images: np.ndarray, titles: Sequence[str], cmap: str = "binary", columns: int = GRID_COLUMNS,
+               title: str | None = None) -> Figure:
     """Up to 25 images ``(N, 28, 28[, 1])`` in a grid, each with its title, as S1's
     ``plot_images_labels_prediction`` did (``binary`` colour map: ink black on white).
 
-    The figure is ``columns * 200`` by ``rows * 240`` pixels. ``out``, if given, also saves it
-    (kept for ``mnistlab data grid`` until it calls ``save_figure`` itself).
+    The figure is ``columns * 200`` by ``rows * 240`` pixels.
     """
     images = np.asarray(images)[:MAX_GRID]
     images = images.reshape(images.shape[:3]) if images.ndim == 4 else images
@@ -113,8 +112,6 @@ def image_grid(images: np.ndarray, titles: Sequence[str], out: str | os.PathLike
     cell = (IMAGE_TILE[0], (height - heading) / rows)
     _draw_tiles(fig, (0.0, 0.0, width, height - heading), images, titles, columns, cell, points=10,
                 cmap=cmap, vmin=0.0, vmax=1.0, frame=False)
-    if out is not None:
-        save_figure(fig, out)
     return fig
 
 
@@ -241,35 +238,6 @@ def training_curves(history_rows: Sequence[Mapping[str, object]], title: str | N
     if title:
         fig.suptitle(title)
     return fig
-
-
-def _check_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, C)`` float64 probabilities and ``(N,)`` integer labels, or a clear error."""
-    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
-    if probabilities.ndim != 2 or labels.shape != probabilities.shape[:1] or not len(labels):
-        raise MnistlabError(f"probabilities {probabilities.shape} and labels {labels.shape}: "
-                            f"expected (N, classes) and (N,) with N >= 1")
-    return probabilities, labels.astype(np.int64)
-
-
-def calibration_bins(probabilities: np.ndarray, labels: np.ndarray,
-                     bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width confidence bin: image count, accuracy and mean confidence, ``(bins,)``
-    each (NaN where a bin is empty), binned as ``calibrate.expected_calibration_error`` bins:
-    an image's confidence is its predicted class's probability, bin ``b`` holds confidences in
-    ``(b/bins, (b+1)/bins]`` (the first also 0)."""
-    if bins < 1:
-        raise MnistlabError(f"bins {bins}: expected at least 1")
-    probabilities, labels = _check_probabilities(probabilities, labels)
-    confidence = probabilities.max(axis=1)
-    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
-    counts = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins: 0 / 0 = NaN on purpose
-        accuracy = np.bincount(which, weights=correct, minlength=bins) / counts
-        mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / counts
-    return counts, accuracy, mean_confidence
 
 
 def reliability_diagram(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS,
