@@ -192,6 +192,16 @@ def test_layers_outside_the_allowlist_are_named(tmp_path: Path, layer: dict, mes
         load_predictor(_write_keras(tmp_path / "odd.keras", config))
 
 
+def test_keras_own_refusals_name_the_layer_class_and_the_reason(tmp_path: Path):
+    """Not Keras' outer "<class Sequential> could not be deserialized properly"."""
+    config = _small_config()
+    dense = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Dense")
+    dense["config"]["activation"] = "evil_fn"
+    with pytest.raises(MnistlabError, match=r"refused, config.json does not describe a buildable model \(Dense: "
+                                            r"Could not interpret activation function identifier: evil_fn\)$"):
+        load_predictor(_write_keras(tmp_path / "odd.keras", config))
+
+
 def test_layers_that_would_allocate_gigabytes_are_refused_without_allocating(tmp_path: Path):
     """Two Dense(100000) layers: 10^10 weights (40 GB) counted without creating one."""
     import resource

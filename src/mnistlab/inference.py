@@ -176,7 +176,7 @@ def load_keras(path: str | os.PathLike) -> Any:
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, TypeError, zipfile errors, OSError...
-        raise MnistlabError(f"{path}: cannot load this .keras model safely ({modelcheck.first_line(exc)})") from None
+        raise MnistlabError(f"{path}: cannot load this .keras model safely ({modelcheck.keras_reason(exc)})") from None
     check_shapes(path, tuple(model.input_shape), tuple(model.output_shape))
     return model
 

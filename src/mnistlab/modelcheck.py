@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import threading
 import zipfile
 from pathlib import Path
@@ -105,6 +106,17 @@ def first_line(exc: BaseException) -> str:
     """An exception's first line, for a one-line error."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def keras_reason(exc: BaseException) -> str:
+    """Keras' innermost reason for refusing a config, with the class it was building: its outer
+    message ("<class Sequential> could not be deserialized properly") names neither."""
+    text = str(exc)
+    reason = text.split("Exception encountered: ")[-1].strip()
+    reason = reason.splitlines()[0] if reason else type(exc).__name__
+    found = re.findall(r"deserializing class '(\w+)'|<class '[\w.]*?(\w+)'> could not be deserialized", text)
+    names = [a or b for a, b in found]
+    return (f"{names[-1]}: {reason}" if names and not reason.startswith("<class") else reason)[:300]
 
 
 # ---------------------------------------------------------------------------- deadline
@@ -243,7 +255,7 @@ def check_keras_size(path: Path, config: dict[str, Any]) -> None:
     except MnistlabError:
         raise
     except Exception as exc:  # Keras' own refusals (unknown arguments, bad shapes...)
-        raise refuse(path, f"config.json does not describe a buildable model ({first_line(exc)})") from None
+        raise refuse(path, f"config.json does not describe a buildable model ({keras_reason(exc)})") from None
     if weights > MAX_PARAMETERS:
         raise refuse(path, f"its layers would create {weights:,} weights; expected at most {MAX_PARAMETERS:,}")
     if activations > MAX_ACTIVATIONS_PER_IMAGE:
