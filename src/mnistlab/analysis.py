@@ -38,6 +38,11 @@ class Run:
         if class_names is not None:
             self.__dict__["class_names"] = tuple(class_names)
 
+    def loaded(self, part: str) -> bool:
+        """Whether ``part`` (test, model, probabilities, ...) is loaded already (cached properties
+        keep their value in the instance's ``__dict__``)."""
+        return part in self.__dict__
+
     @property
     def name(self) -> str:
         return str(self.config.get("model", self.folder.name))

@@ -62,7 +62,7 @@ def _quiet(message: str) -> None:
 def _loaded(run: Run, log: Log, part: str) -> Any:
     """``run.<part>`` (test, model or probabilities), saying first what takes seconds when it
     is not loaded yet (``Run`` loads each on first use and keeps it)."""
-    if part not in run.__dict__:  # Run's cached properties live in its __dict__ once loaded
+    if not run.loaded(part):
         if part == "test":
             data = run.config.get("data")
             dataset = data.get("dataset") if isinstance(data, dict) else None
