@@ -142,8 +142,10 @@ def test_health_and_model(client: httpx.Client):
                                            "test_accuracy": 0.1, "test_loss": 2.3}
 
 
-def test_predict_a_png_body(client: httpx.Client, tiny_predictor):
-    picture = encode(draw(SEVEN), "PNG")
+@pytest.mark.parametrize("which", ["page's 56 x 56, on the event loop", "280 x 280, in the pool"])
+def test_predict_a_png_body(client: httpx.Client, tiny_predictor, which: str):
+    picture = page_png() if which.startswith("page") else encode(draw(SEVEN), "PNG")
+    assert (serve.picture_pixels(picture) <= serve.INLINE_PIXELS) == which.startswith("page")
     answer = client.post("/predict", content=picture, headers={"content-type": "image/png"}).json()
     assert set(answer) == {"digit", "probability", "probabilities", "top", "model", "seen"}
     seen = preprocess.preprocess(picture)  # the server must apply the very same pipeline
@@ -261,6 +263,14 @@ def test_json_with_a_wrong_nesting_is_refused_before_conversion(client: httpx.Cl
     assert not converted  # the nesting was checked on the lists themselves
 
 
+def test_picture_sizes_are_read_from_headers_alone():
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"):
+        assert serve.picture_pixels(encode(draw(size=(123, 45), mode="RGB"), fmt)) == 123 * 45, fmt
+    assert serve.picture_pixels(png_header_only(100_000, 100_000)) == 10**10  # nothing decoded
+    for junk in (b"", b"\x89PNG\r\n\x1a\n", b"GIF89a broken", b"%!PS-Adobe-3.0"):
+        assert serve.picture_pixels(junk) is None
+
+
 # ---------------------------------------------------------------------------- who may ask
 def test_host_names(monkeypatch):
     assert serve.host_name("[::1]:8000") == "::1" and serve.host_name("Digits.Example:80") == "digits.example"
@@ -285,6 +295,9 @@ def test_host_names(monkeypatch):
     assert guard.refusal(scope("GET", host="127.0.0.1:8000", origin="http://evil.example")) is None
     for origin in ("http://evil.example", "null", "http://127.0.0.1:9999", "http://localhost:8000"):
         assert guard.refusal(scope("POST", host="127.0.0.1:8000", origin=origin)).status == 403, origin
+    for site in ("cross-site", "same-site"):
+        assert guard.refusal(scope("POST", host="127.0.0.1:8000", **{"sec-fetch-site": site})).status == 403
+    assert guard.refusal(scope("POST", host="127.0.0.1:8000", origin=own, **{"sec-fetch-site": "same-origin"})) is None
 
 
 def test_foreign_hosts_and_pages_are_refused_over_http(client: httpx.Client, server: str):

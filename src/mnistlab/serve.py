@@ -507,17 +507,28 @@ class Guard:
 
     def refusal(self, scope: dict) -> ApiError | None:
         """Why this request is not answered, or None."""
-        host, origin = header(scope, b"host"), header(scope, b"origin")
+        host = origin = site = None
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value
+            elif key == b"origin":
+                origin = value
+            elif key == b"sec-fetch-site":
+                site = value
         if host is not None and "*" not in self.hosts:
             name = host_name(host.decode("latin-1"))
             if name not in self.hosts and not is_ip_address(name):
                 return ApiError(400, f"Host {name!r}: not a name of this server; expected an IP address, "
                                      f"{', '.join(sorted(self.hosts))} (add names with --allowed-hosts)")
-        if origin is not None and scope["method"] not in SAFE_METHODS:
-            own = host.decode("latin-1").lower() if host is not None else ""
-            if origin.decode("latin-1").lower() not in (f"http://{own}", f"https://{own}"):
-                return ApiError(403, f"{scope['method']} from the page at {origin.decode('latin-1')!r}: "
-                                     "refused; only this server's own page may send requests from a browser")
+        if scope["method"] in SAFE_METHODS:
+            return None
+        own = host.decode("latin-1").lower() if host is not None else ""
+        if origin is not None and origin.decode("latin-1").lower() not in (f"http://{own}", f"https://{own}"):
+            return ApiError(403, f"{scope['method']} from the page at {origin.decode('latin-1')!r}: "
+                                 "refused; only this server's own page may send requests from a browser")
+        if site in (b"cross-site", b"same-site"):  # a browser saying so, Origin or not
+            return ApiError(403, f"{scope['method']} from a page of another site ({site.decode()}): refused; "
+                                 "only this server's own page may send requests from a browser")
         return None
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],

@@ -125,7 +125,7 @@ async function send() {
   try {
     const body = await canvasPng();
     const response = await fetch("/predict", { method: "POST", headers: { "Content-Type": "image/png" }, body });
-    const answer = await response.json();
+    const answer = await response.json().catch(() => ({}));  // a refusal from the HTTP layer may not be JSON
     if (mine === generation) {
       if (response.ok) show(answer); else showError(answer.error || `HTTP ${response.status}`);
     }
