@@ -126,15 +126,62 @@ class DataConfig:
         return downloader.Limits(deadline_s=float(self.download_deadline), retries=self.download_retries)
 
 
+class _Cursor:
+    """Where ``Split.next_batch`` is: the epoch and the position in its shuffled order."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed, self.epoch, self.position, self.order = seed, 0, 0, None
+
+
 @dataclass(frozen=True)
 class Split:
-    """Images ``(N, 28, 28, 1)`` (or ``(N, 784)``) float32 in [0, 1]; labels ``(N,)`` int64 (or one-hot)."""
+    """Images ``(N, 28, 28, 1)`` (or ``(N, 784)``) float32 in [0, 1]; labels ``(N,)`` int64 (or one-hot).
+
+    ``next_batch(100)`` works as the course's ``mnist.train.next_batch(100)`` did: the next 100
+    images and labels of a shuffled pass, reshuffled (from ``seed`` and the epoch) at each new pass."""
 
     images: np.ndarray
     labels: np.ndarray
+    _cursor: _Cursor = field(default_factory=_Cursor, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def num_examples(self) -> int:
+        """The number of images (TF1's ``DataSet.num_examples``)."""
+        return len(self.images)
+
+    @property
+    def epochs_completed(self) -> int:
+        """Full passes ``next_batch`` has made (TF1's ``DataSet.epochs_completed``)."""
+        return self._cursor.epoch
+
+    def next_batch(self, batch_size: int, shuffle: bool = True, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``batch_size`` ``(images, labels)``; a batch that runs past the end of a pass is
+        completed from the start of the next one, so every image comes once per pass.
+
+        >>> images, labels = mnistlab.load_data().train.next_batch(100)
+        """
+        if not 1 <= batch_size <= len(self.images):
+            raise MnistlabError(f"next_batch({batch_size}): expected 1 .. {len(self.images)} images")
+        cursor = self._cursor
+        if seed is not None and seed != cursor.seed:
+            cursor.__init__(seed)
+        parts, need = [], batch_size
+        while need:
+            if cursor.order is None:
+                n = len(self.images)
+                cursor.order = (np.random.default_rng([cursor.seed, cursor.epoch]).permutation(n) if shuffle
+                                else np.arange(n))
+            take = cursor.order[cursor.position:cursor.position + need]
+            parts.append(take)
+            cursor.position += len(take)
+            need -= len(take)
+            if cursor.position == len(cursor.order):
+                cursor.epoch, cursor.position, cursor.order = cursor.epoch + 1, 0, None
+        index = np.concatenate(parts)
+        return self.images[index], self.labels[index]
 
 
 @dataclass(frozen=True)
@@ -148,6 +195,7 @@ class Dataset:
     data_dir: Path
     source: str  # how data_dir was found: flag, environment, cache, system, download
     files: dict[str, Path] = field(default_factory=dict)  # role -> file read
+    config: "DataConfig | None" = None  # the settings it was loaded with (a run records them)
 
     def split(self, name: str) -> Split:
         """Return the split called ``name`` (train, validation or test)."""
@@ -373,6 +421,7 @@ def load(config: DataConfig = DataConfig(), flatten: bool = False, one_hot_label
         data_dir=folder,
         source=source,
         files=files,
+        config=config,
     )
 
 

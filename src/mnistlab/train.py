@@ -581,7 +581,7 @@ class Loop:
 # ---------------------------------------------------------------------------- train
 def train(model_name: str | None, data: Dataset, out: str | Path, config: TrainConfig = TrainConfig(),
           recipe: dict[str, Any] | None = None, arch: dict[str, Any] | None = None,
-          data_config: DataConfig = DataConfig(), resume: bool = False, log: Callable[[str], None] = print,
+          data_config: DataConfig | None = None, resume: bool = False, log: Callable[[str], None] = print,
           on_chunk: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train ``model_name`` on ``data.train``, validating each epoch on ``data.validation``.
 
@@ -592,6 +592,7 @@ def train(model_name: str | None, data: Dataset, out: str | Path, config: TrainC
     straight run. ``on_chunk(epoch, step)`` is called after each compiled chunk (tests use it).
     """
     folder = RunFolder(Path(out))
+    data_config = data_config or getattr(data, "config", None) or DataConfig()  # recorded in config.json
     if resume:
         settings = settings_to_resume(folder, model_name, changes(config, TrainConfig()), recipe, arch,
                                       changes(data_config, DataConfig()))
