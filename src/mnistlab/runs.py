@@ -344,8 +344,21 @@ def load_predictor(path: str | os.PathLike, keras: bool = False, threads: int | 
             predictor = load_model_file(folder.tflite_file, name=name, metrics=metrics, threads=threads)
             predictor.parameters = check.get("parameters")
             return predictor
+        _import_tensorflow()
         return load_model_file(folder.model_file, name=name, metrics=metrics)
+    lite = path.suffix.lower() == ".tflite" or (path.is_dir() and not (path / MODEL_FILE).is_file()
+                                                 and not (path / "saved_model.pb").is_file())
+    if not (lite and litert_available()):
+        _import_tensorflow()
     return load_model_file(path, threads=threads)
+
+
+def _import_tensorflow() -> None:
+    """TensorFlow imported with its C++ start-up lines muted, for the models that need it (the
+    CLI no longer imports it for every command: LiteRT models run without it)."""
+    from mnistlab import runtime
+
+    runtime.import_tensorflow_quietly()
 
 
 def load_model(run_dir: str | os.PathLike) -> Any:
