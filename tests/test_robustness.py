@@ -136,7 +136,6 @@ def test_command_prints_the_table_and_writes_json(tiny_mnist_dir: Path, tmp_path
     (["--sets", "nope"], r"^--sets: unknown set 'nope'"),
     (["--levels", "hard"], r"^--levels: unknown level 'hard'"),
     (["--n", "0"], r"^--n 0: expected a positive number"),
-    (["--dataset", "fashion-mnist"], r"^--dataset fashion-mnist: the shift sets are made from MNIST digits"),
 ])
 def test_command_rejects_bad_flags_in_one_line(argv, message, tmp_path: Path):
     args = parser().parse_args(["robustness", str(tmp_path / "no-such-run"), *argv])
@@ -151,9 +150,9 @@ def test_command_names_a_missing_run(tmp_path: Path):
 
 
 def test_help_lists_every_set():
-    text = "".join(parser()._subparsers._group_actions[0].choices["robustness"].format_help().split())
+    lines = parser()._subparsers._group_actions[0].choices["robustness"].format_help().splitlines()
     for spec in shifts.SETS:
-        assert spec.name + ":" in text
+        assert any(line.split()[:2] == [spec.name, spec.level] for line in lines if line.startswith("  ")), spec.name
 
 
 # ---------------------------------------------------------------------------- real MNIST

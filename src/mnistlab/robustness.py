@@ -24,7 +24,6 @@ import numpy as np
 from mnistlab import fileio, shifts
 from mnistlab.config import POSITIVE, SEED, add_arguments, from_args, option
 from mnistlab.data import DataConfig
-from mnistlab.errors import MnistlabError
 
 CACHE_SUBDIR = "shifts"
 TOP_ERRORS = 3  # most frequent (label -> prediction) pairs kept per set
@@ -37,8 +36,9 @@ class RobustConfig:
     n: int = option(2000, "images per set: a seeded subset of the 10,000 MNIST test digits, the same "
                     "for every set (other-writers has 1,797 at most)", check=POSITIVE)
     seed: int = option(0, "seed of every set", check=SEED)
-    sets: tuple[str, ...] = option((), "set names (default: all; clean is the reference row)")
-    levels: tuple[str, ...] = option((), "only sets of these levels: moderate, severe, external (default: all)")
+    sets: tuple[str, ...] = option((), "set names, empty for all (listed above; clean is the reference row)")
+    levels: tuple[str, ...] = option((), "only sets of these levels (moderate, severe, external), empty for all; "
+                                     "clean is always kept")
     held_out: bool = option(True, "include the held-out sets (fonts-*, other-writers); --no-held-out when "
                             "choosing a recipe, so they stay unseen")
     cache: bool = option(True, "keep built sets in <cache>/shifts (a few MB each)")
@@ -252,9 +252,7 @@ def run(paths: Sequence[str], config: RobustConfig, data_config: DataConfig) -> 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     config = from_args(RobustConfig, args)
-    data_config = from_args(DataConfig, args)
-    if data_config.dataset != "mnist":
-        raise MnistlabError(f"--dataset {data_config.dataset}: the shift sets are made from MNIST digits; expected mnist")
+    data_config = from_args(DataConfig, args)  # no --dataset: the sets are made from MNIST's digits
     shifts.select(config.sets, config.levels, config.held_out)  # names checked before any model loads
     results = run(args.runs, config, data_config)
     print(table(results))
@@ -267,11 +265,16 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 def add_command(commands: argparse._SubParsersAction) -> None:
     """Register ``mnistlab robustness RUN [RUN ...]`` on the CLI's subcommands."""
+    width = max(len(s.name) for s in shifts.SETS)
+    listing = "\n".join(f"  {s.name:<{width}}  {s.level:<8}  {s.about}" + (" (held out)" if s.held_out else "")
+                        for s in shifts.SETS)
     p = commands.add_parser("robustness", help="accuracy on test sets unlike MNIST's: stroke width, resolution, "
                             "rotation, slant, drawn, photos, fonts, other writers",
-                            description="Sets: " + "; ".join(f"{s.name}: {s.about}" for s in shifts.SETS))
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="Accuracy of each RUN on every shift set (a table; the worst set of each "
+                                        "kind below it).\n\nsets:\n" + listing)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or model files (.keras, SavedModel, .tflite)")
     p.add_argument("--json", default=None, help="also write every row as JSON to this file (default: none)")
     add_arguments(p, RobustConfig, title="sets")
-    add_arguments(p, DataConfig, skip=("validation_size",), title="data")
+    add_arguments(p, DataConfig, skip=("dataset", "validation_size"), title="data")
     p.set_defaults(handler=cmd_robustness)

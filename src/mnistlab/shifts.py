@@ -158,8 +158,17 @@ def _grouped(values: np.ndarray, fn: Callable[[np.ndarray, int], np.ndarray], x:
     return out
 
 
-def _frame_all(bigs: np.ndarray | list) -> np.ndarray:
-    return _finish(np.stack([frame(b) for b in bigs]) if len(bigs) else np.zeros((0, SIDE, SIDE), np.float32))
+def _stack(grey28: list[np.ndarray]) -> np.ndarray:
+    """A list of ``(28, 28)`` images as a finished ``(N, 28, 28, 1)`` batch (N may be 0)."""
+    return _finish(np.stack(grey28) if grey28 else np.zeros((0, SIDE, SIDE), np.float32))
+
+
+def _upscale_all(grey: np.ndarray) -> np.ndarray:
+    return np.stack([_upscale(g) for g in grey]) if len(grey) else np.zeros((0, BIG, BIG), np.float32)
+
+
+def _frame_all(bigs: np.ndarray) -> np.ndarray:
+    return _stack([frame(b) for b in bigs])
 
 
 # ---------------------------------------------------------------------------- shape primitives
@@ -167,7 +176,7 @@ def stroke_width(images: np.ndarray, radius: Any) -> np.ndarray:
     """Thicker (``radius`` > 0, grey dilation) or thinner (< 0, erosion) strokes by a disk of
     ``|radius|`` MNIST px per image, applied at UPSCALE x and re-framed. ``(N, 28, 28, 1)`` in and out."""
     grey = _grey(images)
-    big = np.stack([_upscale(g) for g in grey]) if len(grey) else np.zeros((0, BIG, BIG), np.float32)
+    big = _upscale_all(grey)
     px = np.round(_per_image(radius, len(grey)) * UPSCALE).astype(int)
     return _frame_all(_grouped(px, _morph, big))
 
@@ -232,7 +241,7 @@ def thin(images: np.ndarray, keep: Any) -> np.ndarray:
     """Thinner strokes: eroded (disk, at UPSCALE x) so each digit keeps ``keep`` of its own mean
     stroke width (ink area / centre-line length), then re-framed; a thin digit never vanishes."""
     grey = _grey(images)
-    big = np.stack([_upscale(g) for g in grey]) if len(grey) else np.zeros((0, BIG, BIG), np.float32)
+    big = _upscale_all(grey)
     masks, lines = _centre_lines(big)
     width = masks.sum(axis=(1, 2)) / np.maximum(lines.sum(axis=(1, 2)), 1)  # px at UPSCALE x
     px = np.round((1 - _per_image(keep, len(grey))) * width / 2).astype(int)
@@ -243,7 +252,7 @@ def redraw(images: np.ndarray, pen: Any) -> np.ndarray:
     """The skeleton of each digit redrawn with a uniform round pen ``pen`` MNIST px wide (at the
     source resolution, then re-framed): the even strokes of the draw page and tablet apps."""
     grey = _grey(images)
-    big = np.stack([_upscale(g) for g in grey]) if len(grey) else np.zeros((0, BIG, BIG), np.float32)
+    big = _upscale_all(grey)
     _, lines = _centre_lines(big)
     radius = np.maximum(np.round((_per_image(pen, len(grey)) * UPSCALE - 1) / 2), 0).astype(int)
     return _frame_all(_grouped(radius, _morph, lines.astype(np.float32)))
@@ -270,7 +279,7 @@ def affine(images: np.ndarray, matrices: np.ndarray, reframe: bool = True) -> np
             out.append(frame(np.asarray(warped, dtype=np.float32)))
         else:
             out.append(np.asarray(warped.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32))
-    return _finish(np.stack(out)) if out else np.zeros((0, SIDE, SIDE, 1), np.float32)
+    return _stack(out)
 
 
 def rotate(images: np.ndarray, degrees: Any) -> np.ndarray:
@@ -305,7 +314,7 @@ def translate(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         moved = Image.fromarray(_upscale(g), mode="F").transform(
             (BIG, BIG), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.Resampling.BILINEAR)
         out.append(np.asarray(moved.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32))
-    return _finish(np.stack(out)) if out else np.zeros((0, SIDE, SIDE, 1), np.float32)
+    return _stack(out)
 
 
 def shrink(images: np.ndarray, scale: Any) -> np.ndarray:
@@ -325,7 +334,7 @@ def low_resolution(images: np.ndarray, box: int) -> np.ndarray:
         down = Image.fromarray(g, mode="F").resize((small, small), Image.Resampling.BOX)
         up = np.clip(np.asarray(down.resize((SIDE, SIDE), Image.Resampling.BICUBIC)), 0, 1)
         out.append(up / max(float(up.max()), 1e-6))
-    return _finish(np.stack(out)) if out else np.zeros((0, SIDE, SIDE, 1), np.float32)
+    return _stack(out)
 
 
 def blur(images: np.ndarray, sigma: Any) -> np.ndarray:
@@ -415,7 +424,7 @@ def photo(images: np.ndarray, rng: np.random.Generator, camera: Camera = PHOTO_M
     """Each digit photographed (``render_photo``) and read back as a user's photo would be."""
     grey = _grey(images)
     out = [_read_back(render_photo(g, rng, camera), f"photo[{i}]") for i, g in enumerate(grey)]
-    return _finish(np.stack(out)) if out else np.zeros((0, SIDE, SIDE, 1), np.float32)
+    return _stack(out)
 
 
 # ---------------------------------------------------------------------------- fonts
@@ -494,13 +503,13 @@ def font_digits(n: int, rng: np.random.Generator, style: str = "hand", rotation:
     out = [frame(render_font_digit(fonts[face], int(label), rng.uniform(-rotation, rotation), rng.uniform(-slant, slant)))
            for label, face in zip(labels, faces)]
     note = f"{len(paths)} {style} fonts" + (f"; not installed: {', '.join(missing)}" if missing else "")
-    return ShiftData(_finish(np.stack(out)) if out else np.zeros((0, SIDE, SIDE, 1), np.float32),
-                     labels.astype(np.int64), note)
+    return ShiftData(_stack(out), labels.astype(np.int64), note)
 
 
 # ---------------------------------------------------------------------------- other writers
 def other_writers(n: int, rng: np.random.Generator, camera: Camera = SCAN) -> ShiftData:
-    """scikit-learn's 1,797 8 x 8 scans of 43 other writers (``load_digits``, 17 grey levels),
+    """scikit-learn's 1,797 8 x 8 scans by 13 writers outside MNIST (``load_digits``: the UCI optical
+    digits test set, 32 x 32 bitmaps counted in 4 x 4 blocks, so 17 grey levels),
     upscaled onto noisy paper (``render_photo``) and read back by ``preprocess.preprocess``; all of
     them, or a seeded subset when ``n`` is smaller. ``Unavailable`` without scikit-learn."""
     try:
@@ -516,7 +525,7 @@ def other_writers(n: int, rng: np.random.Generator, camera: Camera = SCAN) -> Sh
     filters = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)  # how scanners and viewers upscale
     out = [_read_back(render_photo(s, rng, camera, filters[int(rng.integers(len(filters)))]), f"scan[{i}]")
            for i, s in enumerate(scans)]
-    return ShiftData(_finish(np.stack(out)), labels, f"{len(scans)} of scikit-learn's {DIGITS_SCANS} scans")
+    return ShiftData(_stack(out), labels, f"{len(scans)} of scikit-learn's {DIGITS_SCANS} scans")
 
 
 # ---------------------------------------------------------------------------- random draws per set
@@ -649,15 +658,15 @@ SETS: tuple[ShiftSet, ...] = (
          "via preprocess", _photo, camera=PHOTO_SEVERE),
     _set("photo-shadow", "camera", "severe", "moderate photo with a soft-edged shadow taking 15-30 % of the light",
          _photo, camera=PHOTO_SHADOW),
-    _set("photo-mixed-moderate", "camera", "moderate", "a random moderate shift of the above, then a moderate photo",
+    _set("photo-mixed-moderate", "camera", "moderate", f"one of {'/'.join(MIXED)} (moderate), then a moderate photo",
          _mixed_photo, shifts="moderate", camera=PHOTO_MODERATE),
-    _set("photo-mixed-severe", "camera", "severe", "a random severe shift, then a severe photo",
+    _set("photo-mixed-severe", "camera", "severe", f"one of {'/'.join(MIXED)} (severe), then a severe photo",
          _mixed_photo, shifts="severe", camera=PHOTO_SEVERE),
-    ShiftSet("fonts-hand", "fonts", "moderate", "digits in 22 handwriting-like fonts, rotation/slant jitter",
+    ShiftSet("fonts-hand", "fonts", "moderate", f"digits in {sum(f.style == 'hand' for f in FONTS)} handwriting-like fonts, rotation +-8, slant +-0.15",
              font_digits, (("style", "hand"),), source="fonts", held_out=True),
-    ShiftSet("fonts-print", "fonts", "moderate", "digits in 21 print fonts (sans, serif, bold, italic), jitter",
+    ShiftSet("fonts-print", "fonts", "moderate", f"digits in {sum(f.style == 'print' for f in FONTS)} print fonts (sans, serif; bold, italic), jitter as above",
              font_digits, (("style", "print"),), source="fonts", held_out=True),
-    ShiftSet("other-writers", "writers", "external", "scikit-learn's 1,797 8 x 8 scans of other writers, "
+    ShiftSet("other-writers", "writers", "external", "scikit-learn's 1,797 8 x 8 scans by 13 other writers, "
              "upscaled onto noisy paper, via preprocess", other_writers, source="sklearn-digits", held_out=True),
 )
 
