@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mnistlab"
 LEAVES = {"errors": set(), "fileio": {"errors"}, "config": {"errors"}, "runtime": set(),
-          "inference": {"errors", "fileio"}}
+          "modelcheck": {"errors"}, "inference": {"errors", "fileio", "modelcheck"}}
 DRAWING = {"plots", "report"}  # the only modules that may import matplotlib
 
 
@@ -95,3 +95,5 @@ def loaded_after(code: str) -> set[str]:
 def test_training_does_not_load_matplotlib_and_parsing_loads_nothing_heavy():
     assert "matplotlib" not in loaded_after("import mnistlab.train")
     assert loaded_after("from mnistlab import cli\ncli.build_parser()") == set()
+    for command in ("", "predict", "serve", "data"):  # what `mnistlab COMMAND ...` parses with
+        assert loaded_after(f"from mnistlab import cli\ncli.build_parser(only={command!r})") == set(), command
