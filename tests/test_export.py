@@ -43,8 +43,28 @@ def test_export_writes_both_formats_with_metadata(tiny_run: Path, tmp_path: Path
     for folder in (saved, lite, lite / "model.tflite"):
         assert load_predictor(folder).info() == {"name": "tiny", "format": "savedmodel" if folder == saved
                                                          else "tflite", "parameters": 7850,
-                                                         "test_accuracy": 0.1, "test_loss": 2.3}
+                                                         "test_accuracy": 0.1, "test_loss": 2.3, "temperature": 1.0}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_the_calibration_temperature_travels_with_the_model(tmp_path: Path):
+    """A run's calibration.json temperature is what predict, serve and every export apply."""
+    import numpy as np
+
+    run = _models.untrained_run(tmp_path / "run")
+    (run / "calibration.json").write_text(json.dumps({"temperature": 0.5}))
+    images = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+    original = load_predictor(run)
+    logits = original.logits(images)
+    e = np.exp(2 * logits - (2 * logits).max(1, keepdims=True))
+    np.testing.assert_allclose(original.probabilities(images), e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+    for fmt in ("savedmodel", "tflite"):
+        exported = load_predictor(export.export(run, fmt, tmp_path / fmt))
+        assert exported.temperature == 0.5
+        np.testing.assert_allclose(exported.probabilities(images), original.probabilities(images), atol=1e-5)
+    (run / "calibration.json").write_text(json.dumps({"temperature": -1}))
+    with pytest.raises(MnistlabError, match="calibration.json: temperature -1; expected a positive number"):
+        load_predictor(run)
 
 
 def test_existing_output_needs_force(tiny_run: Path, tmp_path: Path):

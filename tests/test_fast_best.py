@@ -47,7 +47,8 @@ def test_average_probabilities_matches_numpy():
 
 def test_ensemble_of_runs_is_the_mean_of_their_probabilities(two_runs, data):
     result = ensemble.evaluate_ensemble(two_runs, data.test)
-    probs = [softmax(predict_logits(load_model(r), data.test.images).astype(np.float64)) for r in two_runs]
+    probs = [softmax(predict_logits(load_model(r), data.test.images).astype(np.float64) / RunFolder(r).temperature())
+             for r in two_runs]
     mean = np.mean(probs, axis=0)
     np.testing.assert_allclose(result.evaluation.probabilities, mean, atol=1e-5)
     assert result.evaluation.accuracy == pytest.approx((mean.argmax(1) == data.test.labels).mean())

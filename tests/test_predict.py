@@ -38,7 +38,7 @@ def test_run_folder_and_keras_file_load(tiny_run: Path):
     run = load_predictor(tiny_run)
     assert (run.name, run.format, run.parameters) == ("tiny", "keras", 28 * 28 * 10 + 10)
     assert run.info() == {"name": "tiny", "format": "keras", "parameters": 7850,
-                          "test_accuracy": 0.1, "test_loss": 2.3}
+                          "test_accuracy": 0.1, "test_loss": 2.3, "temperature": 1.0}
     file = load_predictor(tiny_run / "model.keras")
     assert file.name == "tiny" and file.metrics == {"test_accuracy": 0.1, "test_loss": 2.3}
 

@@ -35,10 +35,13 @@ def evaluate_ensemble(runs: Sequence[str | os.PathLike], split: Split) -> Ensemb
     """Load each run (its ``model.tflite`` on LiteRT when current, else ``model.keras``: see
     ``runs.load_predictor``), average the probabilities on ``split``, evaluate.
 
-    The averaged probabilities go through ``evaluate_logits`` as log-probabilities, so the loss
-    is the ensemble's cross-entropy and its predictions are the argmax of the average.
+    Each member's probabilities are calibrated by its own temperature. The averaged probabilities
+    go through ``evaluate_logits`` as log-probabilities, so the loss is the ensemble's
+    cross-entropy and its predictions are the argmax of the average.
     """
-    member_logits = [load_predictor(run).logits(split.images) for run in runs]
+    predictors = [load_predictor(run) for run in runs]
+    # each member's logits over its own calibration temperature: the average of calibrated answers
+    member_logits = [p.logits(split.images) / np.float32(p.temperature) for p in predictors]
     accuracies = tuple(evaluate_logits(z, split.labels).accuracy for z in member_logits)
     mean = average_probabilities(member_logits)
     log_mean = np.log(np.maximum(mean, np.finfo(np.float64).tiny)).astype(np.float32)

@@ -67,6 +67,7 @@ def export(run: str | os.PathLike, fmt: str, out: str | os.PathLike | None = Non
         raise MnistlabError(f"--out {out}: already exists; choose a new folder or pass --force to replace it")
     dataset = data if data is not None else run_dataset(run, required=quantize == "int8")
     metadata = {"model": predictor.name, "parameters": predictor.parameters, **predictor.metrics,
+                "temperature": predictor.temperature,
                 "exported_from": str(predictor.source), "format": fmt, "quantize": quantize}
     with _building(out) as tmp:
         if fmt == "savedmodel":

@@ -96,6 +96,7 @@ class Predictor:
     metrics: dict[str, Any]  # metrics.json (test_accuracy, test_loss), {} when missing
     call: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # one batch -> logits
     keras_model: Any = field(default=None, repr=False)  # the keras.Model, for the keras format
+    temperature: float = 1.0  # calibration (runs' calibration.json, exports' mnistlab.json): probabilities use it
 
     def logits(self, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
         """Logits ``(N, 10)`` float32 for images ``(N, 28, 28, 1)`` (or ``(N, 784)``) in [0, 1]."""
@@ -107,13 +108,26 @@ class Predictor:
         return batched_logits(self.call, images, batch_size)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Softmax of the logits, ``(N, 10)``, each row summing to 1."""
-        return softmax(self.logits(images))
+        """Calibrated probabilities ``(N, 10)``: softmax of the logits over the temperature."""
+        return self.probabilities_of(self.logits(images))
+
+    def probabilities_of(self, logits: np.ndarray) -> np.ndarray:
+        """``softmax(logits / temperature)``: what this model's percentages mean."""
+        return softmax(np.asarray(logits, np.float32) / np.float32(self.temperature))
 
     def info(self) -> dict[str, Any]:
         """What ``GET /model`` reports: name, format, parameters, test accuracy and loss."""
         return {"name": self.name, "format": self.format, "parameters": self.parameters,
-                "test_accuracy": self.metrics.get("test_accuracy"), "test_loss": self.metrics.get("test_loss")}
+                "test_accuracy": self.metrics.get("test_accuracy"), "test_loss": self.metrics.get("test_loss"),
+                "temperature": self.temperature}
+
+
+def metadata_temperature(metadata: dict[str, Any], where: Path) -> float:
+    """The calibration temperature an export recorded (1.0 when it has none), checked."""
+    value = metadata.get("temperature", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e3:
+        raise MnistlabError(f"{where}: {METADATA_FILE} temperature {value!r}; expected a positive number")
+    return float(value)
 
 
 def model_metrics(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +137,7 @@ def model_metrics(metadata: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- loading
 def load_model_file(path: str | os.PathLike, name: str | None = None, metrics: dict[str, Any] | None = None,
-                    threads: int | None = None) -> Predictor:
+                    threads: int | None = None, temperature: float | None = None) -> Predictor:
     """Load a model file or format folder (see ``ACCEPTED``) into a Predictor, checked before
     loading (``modelcheck``) and probed with one blank image under a deadline; a clear error for
     anything else. ``name`` and ``metrics`` override what the file's metadata says; ``threads``
@@ -152,6 +166,8 @@ def load_model_file(path: str | os.PathLike, name: str | None = None, metrics: d
         predictor.name = name
     if metrics is not None:
         predictor.metrics = model_metrics(metrics)
+    if temperature is not None:
+        predictor.temperature = float(temperature)
     return predictor
 
 
@@ -223,7 +239,8 @@ def _saved_model_predictor(folder: Path) -> Predictor:
             return fn(**{in_key: tf.constant(x)})[out_key].numpy()
 
     return probe(Predictor(str(metadata.get("model") or folder.name), "savedmodel", folder, parameters,
-                           model_metrics(metadata), call=call, keras_model=None))
+                           model_metrics(metadata), call=call, keras_model=None,
+                           temperature=metadata_temperature(metadata, folder)))
 
 
 @contextlib.contextmanager
@@ -322,4 +339,5 @@ def tflite_predictor(path: Path, threads: int | None = None) -> Predictor:
 
     metadata = _sidecar(path.parent) if path.name == TFLITE_FILE else {}
     name = str(metadata.get("model") or (path.parent.name if path.name == TFLITE_FILE else path.stem))
-    return probe(Predictor(name, "tflite", path, metadata.get("parameters"), model_metrics(metadata), call=call))
+    return probe(Predictor(name, "tflite", path, metadata.get("parameters"), model_metrics(metadata), call=call,
+                           temperature=metadata_temperature(metadata, path)))

@@ -341,11 +341,12 @@ def load_predictor(path: str | os.PathLike, keras: bool = False, threads: int | 
         name, metrics = str(config.get("model") or folder.path.name), folder.read_metrics()
         check = None if keras or not path.is_dir() or not litert_available() else folder.read_tflite_check()
         if check is not None:
-            predictor = load_model_file(folder.tflite_file, name=name, metrics=metrics, threads=threads)
+            predictor = load_model_file(folder.tflite_file, name=name, metrics=metrics, threads=threads,
+                                        temperature=folder.temperature())
             predictor.parameters = check.get("parameters")
             return predictor
         _import_tensorflow()
-        return load_model_file(folder.model_file, name=name, metrics=metrics)
+        return load_model_file(folder.model_file, name=name, metrics=metrics, temperature=folder.temperature())
     lite = path.suffix.lower() == ".tflite" or (path.is_dir() and not (path / MODEL_FILE).is_file()
                                                  and not (path / "saved_model.pb").is_file())
     if not (lite and litert_available()):
