@@ -34,8 +34,9 @@ from _common import describe, load_mnist, machine, table
 
 TARGET = 0.99  # test accuracy
 KERAS_IO_EPOCHS = 15  # the published script's length
-# Measured with --measure-keras-io-epochs (seeds 0, 1, 2, all 15 epochs each), 2026-12-01:
-KERAS_IO_EPOCHS_TO_99 = {"seeds": [0, 1, 2], "epochs": [None, None, None], "median": 7}
+# Measured with --measure-keras-io-epochs (seeds 0, 1, 2, all 15 epochs each), 2026-12-01, Intel Xeon
+# (AVX-512, AMX), TF 2.21 / Keras 3.15: the first epoch at >= 99.0% test accuracy was 8, 9 and 12.
+KERAS_IO_EPOCHS_TO_99 = {"seeds": [0, 1, 2], "epochs": [8, 9, 12], "median": 9}
 KERAS_IO_TIMED_EPOCHS = 3  # epochs timed per benchmark run: the first (with tracing) and two more
 
 
