@@ -164,6 +164,16 @@ SEVEN = [[(0.29, 0.25), (0.71, 0.25), (0.43, 0.79)]]  # strokes in [0, 1] box co
 FOUR = [[(0.61, 0.18), (0.29, 0.57), (0.71, 0.57)], [(0.61, 0.18), (0.61, 0.82)]]
 
 
+def _loop(cx: float, cy: float, rx: float, ry: float, points: int = 32) -> list[tuple[float, float]]:
+    """A closed elliptic stroke, as a polyline in [0, 1] box coordinates."""
+    angles = np.linspace(0, 2 * np.pi, points + 1)
+    return [(cx + rx * float(np.cos(a)), cy + ry * float(np.sin(a))) for a in angles]
+
+
+ZERO = [_loop(0.5, 0.5, 0.3, 0.38)]
+EIGHT = [_loop(0.5, 0.3, 0.25, 0.2), _loop(0.5, 0.71, 0.29, 0.22)]  # squat: its box is nearly square
+
+
 def draw(strokes=SEVEN, size=(280, 280), box=None, ink=0, paper=255, width=0.08, mode="L") -> Image.Image:
     """Strokes drawn into ``box`` (left, top, side) of a ``size`` sheet; width as a share of the side."""
     w, h = size
@@ -203,3 +213,17 @@ def png_with_chunk(png: bytes, kind: bytes, data: bytes) -> bytes:
     """``png`` with one more chunk right after its IHDR (signature 8 bytes + IHDR 25 bytes)."""
     return png[:33] + png_chunk(kind, data) + png[33:]
 
+
+
+def shadow_across(picture: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """``picture`` with a hard-edged shadow over one side of a straight line through its middle
+    half (where the digit is): that side 30-60 % darker, the edge 1-3 px wide, as a phone held
+    over the page casts it."""
+    grey = np.asarray(picture, dtype=np.float32) / 255
+    h, w = grey.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx, angle = h * rng.uniform(0.25, 0.75), w * rng.uniform(0.25, 0.75), rng.uniform(0, np.pi)
+    distance = (ys - cy) * np.cos(angle) - (xs - cx) * np.sin(angle)  # signed, px
+    shade = 1 - rng.uniform(0.3, 0.6) * 0.5 * (1 + np.tanh(distance / (2 * rng.uniform(0.3, 1.0))))  # a logistic step
+    shaded = grey * (shade[..., None] if grey.ndim == 3 else shade)
+    return Image.fromarray(np.round(np.clip(shaded, 0, 1) * 255).astype(np.uint8), mode=picture.mode)

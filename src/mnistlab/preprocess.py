@@ -3,22 +3,29 @@
 MNIST's digits are light on dark, cropped to their bounding box, scaled so the longest side is
 20 px (keeping the aspect ratio, anti-aliased), then pasted into 28 x 28 so that the centre of
 mass sits at the centre (row 14.0, column 14.0 on average over the test set). Photos and scans
-are dark ink on light paper, any size, with uneven lighting and noise, so ``to_mnist`` first:
+are dark ink on light paper, any size, with uneven lighting, shadows and noise, so ``to_mnist``:
 
 1. shrinks big pictures to at most ``WORK_SIDE`` px (area averaging; the digit ends up 20 px,
    so 6 x that keeps every detail that survives);
-2. finds the polarity: the Otsu class that holds most of the border is the background, and a
-   light background means dark ink, so the picture is inverted;
-3. flattens the lighting: a coarse grey-level opening (cell medians, then a 3 x 3 cell minimum)
-   estimates the background, which is subtracted;
+2. finds the polarity: the border is paper (lit or in shadow), so the ink is what lies beyond
+   the border's range of grey levels, below it (dark ink) or above it;
+3. flattens the lighting: the background under the strokes is a grey-level opening whose
+   square window is just wider than the widest stroke (chosen by how much ink each width
+   removes); it keeps a shadow's straight edge where a smooth estimate would smear it into a
+   stroke. Dark ink is then measured as the share of the paper's brightness it takes away, so
+   ink in a shadow reads as ink in the light;
 4. thresholds with Otsu on a lightly blurred copy and keeps the connected strokes big enough
    to matter (specks of noise are dropped), refusing pictures with no clear stroke: flat,
-   noise, a speck, or a solid blob such as a single tap of the pen;
+   noise, a speck, or a solid blob such as a tap of the pen (a filled, squarish, convex shape
+   without a loop; heavy-ink digits keep a loop or a hollow and are read);
 5. keeps the stroke's own grey levels (scaled so the stroke core is 1.0) inside that mask.
 
 Images are data: only the formats in ``ACCEPTED_FORMATS`` are decoded (Pillow's EPS reader, for
-one, would run Ghostscript), the pixel count is checked before decoding (decompression bombs),
-and animations give their first frame.
+one, would run Ghostscript); only regular files are opened (a FIFO or /dev/zero is named, not
+read); the pixels to be decoded are counted before decoding (decompression bombs); JPEGs decode
+at 1/2, 1/4 or 1/8 scale and the rest are box-reduced in Pillow, so big photos are cheap; any
+decoder error, whatever its type, becomes one ``UnreadableImage`` line; animations give their
+first frame.
 """
 
 from __future__ import annotations
@@ -46,11 +53,18 @@ MIN_CONTRAST = 0.2  # stroke minus background mean, [0, 1] grey levels
 MIN_SEPARABILITY = 0.7  # Otsu's between-class / total variance (2/pi ~ 0.64 for pure noise)
 MIN_STROKE_PIXELS = 12  # px at working size: less is a speck, not a digit
 MIN_DIGIT_SHARE = 0.06  # the digit's longest side, as a share of the picture's: smaller is a speck
-MAX_BLOB_FILL = 0.7  # ink share of a squarish bounding box above which it is a blob (2 of MNIST's 10,000 test digits)
+MAX_BLOB_FILL = 0.7  # ink share of a squarish bounding box above which it may be a blob (a dot: pi/4)
 BLOB_ASPECT = (0.6, 1.6)  # width / height of a "squarish" box
+MIN_BLOB_SOLIDITY = 0.9  # ink / convex hull area above which a loopless filled box is a blob (heavy digits: < 0.9)
+MIN_HOLE_PIXELS = 2  # px at working size: paper enclosed by ink, a digit's loop (0, 6, 8, 9)
 KEEP_FRACTION = 0.05  # a stroke piece smaller than this share of the largest is noise
 MAX_RUNS = 25_000  # stroke runs (row segments) at working size: more is noise, not a digit
-CELLS = 8  # background grid: cells per side for the lighting estimate
+BORDER_PERCENTILE = 5  # the border's range of grey levels (paper, lit or in shadow): 5th to 95th percentile
+POLARITY_MARGIN = 1.5  # ink beyond one side of that range must outweigh the other side's this many times
+WINDOWS = (3, 5, 7, 9, 11, 15, 21, 29, 41, 57, 81, 115)  # px, square windows tried for the strokes, ~sqrt(2) apart
+SATURATION = 0.2  # a window holds the strokes once the next wider one removes under 20 % more ink
+NOISE_MARGIN = 4.0  # ink removed by an opening counts above this many noise sigmas (of the blurred picture)
+PAPER_FLOOR = 0.15  # paper brightness under which dark ink is measured against this (deep shadow: noise)
 JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (C4, C8, CC are tables)
 JPEG_SEQUENTIAL_FRAMES = frozenset({0xC0, 0xC1, 0xC9})  # baseline and extended sequential (Huffman, arithmetic)
 JPEG_START_OF_SCAN = 0xDA
@@ -276,9 +290,7 @@ def to_mnist(grey: np.ndarray, name: str = "image") -> np.ndarray:
     grey = _shrink(np.clip(grey, 0, 1))
     if grey.max() - grey.min() < MIN_CONTRAST:
         raise NoDigitFound(f"{name}: no digit found (the picture is nearly uniform)")
-    if _is_dark_on_light(grey):
-        grey = 1 - grey
-    grey = np.clip(grey - _background(grey), 0, 1)
+    grey = _flatten(grey)
     smooth = _blur(grey)
     threshold, separability = _otsu(smooth)
     mask = smooth > threshold
@@ -295,7 +307,7 @@ def to_mnist(grey: np.ndarray, name: str = "image") -> np.ndarray:
     if max(crop.shape) < MIN_DIGIT_SHARE * max(grey.shape):
         raise NoDigitFound(f"{name}: no digit found (only a speck, {crop.shape[1]} x {crop.shape[0]} px "
                            f"of {grey.shape[1]} x {grey.shape[0]})")
-    if mask[box].mean() > MAX_BLOB_FILL and BLOB_ASPECT[0] < crop.shape[1] / crop.shape[0] < BLOB_ASPECT[1]:
+    if _is_blob(mask[box], crop):
         raise NoDigitFound(f"{name}: no digit found (a solid blob, not strokes)")
     return _centre(_scale_to_box(crop))
 
@@ -361,30 +373,95 @@ def _otsu(values: np.ndarray, bins: int = 256) -> tuple[float, float]:
     return float(edges[k + 1]), float(between[k] / total_var) if total_var > 0 else 0.0
 
 
-def _is_dark_on_light(grey: np.ndarray) -> bool:
-    """True when the background (the Otsu class holding most of the border) is the lighter one."""
-    threshold, _ = _otsu(grey)
+def _border(grey: np.ndarray) -> np.ndarray:
+    """The pixels of a frame 3% of the shorter side wide (at least 1 px), where the paper is."""
     h, w = grey.shape
-    b = max(1, round(0.03 * min(h, w)))  # border frame width, px
-    border = np.concatenate([grey[:b].ravel(), grey[-b:].ravel(), grey[:, :b].ravel(), grey[:, -b:].ravel()])
+    b = max(1, round(0.03 * min(h, w)))
+    return np.concatenate([grey[:b].ravel(), grey[-b:].ravel(), grey[:, :b].ravel(), grey[:, -b:].ravel()])
+
+
+def _is_dark_on_light(grey: np.ndarray) -> bool:
+    """True when the ink is darker than the paper. The border is paper, lit or in shadow, so the
+    ink is what lies outside the border's range of grey levels: below it (dark ink) or above it.
+    When neither side clearly wins (ink touching the border, a near-blank picture), the Otsu
+    class holding most of the border is taken for the background."""
+    border = _border(grey)
+    low, high = np.percentile(border, [BORDER_PERCENTILE, 100 - BORDER_PERCENTILE])
+    below = float(np.maximum(low - grey, 0).sum())
+    above = float(np.maximum(grey - high, 0).sum())
+    if max(below, above) >= POLARITY_MARGIN * min(below, above) and max(below, above) > 1e-3 * grey.size:
+        return below > above
+    threshold, _ = _otsu(grey)
     light_share = float((border > threshold).mean())
     if abs(light_share - 0.5) < 0.1:  # border split evenly: the larger class overall is background
         light_share = float((grey > threshold).mean())
     return light_share > 0.5
 
 
-def _background(grey: np.ndarray) -> np.ndarray:
-    """Lighting estimate of a light-on-dark picture: median per cell (of a 4 x 4 area-averaged
-    grid), minimum over 3 x 3 cells, bilinear back to full size. Strokes narrower than ~2 cells
-    do not raise it."""
-    h, w = grey.shape
-    grid = 4 * CELLS
-    small = np.asarray(Image.fromarray(grey, mode="F").resize((grid, grid), Image.Resampling.BOX))
-    cells = np.median(small.reshape(CELLS, 4, CELLS, 4).transpose(0, 2, 1, 3).reshape(CELLS, CELLS, 16), axis=2)
-    framed = np.pad(cells, 1, mode="edge")
-    opened = np.min([framed[i:i + CELLS, j:j + CELLS] for i in range(3) for j in range(3)], axis=0)
-    estimate = Image.fromarray(opened.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(estimate, dtype=np.float32)
+def _flatten(grey: np.ndarray) -> np.ndarray:
+    """Grey levels -> ink as light on black with the paper's lighting taken out, shadow edges
+    included. The background under the strokes is a grey-level opening (``_stroke_background``),
+    which keeps straight edges exactly where a smooth estimate would smear them into a stroke.
+    Dark ink is measured as the share of the paper's brightness it takes away, so a stroke reads
+    the same in a shadow as in the light; light ink as its excess over the background."""
+    smooth = _blur(grey)
+    dark = _is_dark_on_light(smooth)
+    ink, ink_smooth = (1 - grey, 1 - smooth) if dark else (grey, smooth)
+    background = _stroke_background(ink_smooth, NOISE_MARGIN * _noise_sigma(grey) / 3)  # / 3: the blur's effect
+    if dark:  # 1 - background is the paper's brightness
+        return np.clip((ink - background) / np.maximum(1 - background, PAPER_FLOOR), 0, 1)
+    return np.clip(ink - background, 0, 1)
+
+
+def _noise_sigma(grey: np.ndarray) -> float:
+    """Pixel noise (standard deviation) from the median absolute residue of a 3 x 3 mean, which
+    strokes (a minority of pixels) barely move; 0.943 is that residue's share of the noise."""
+    return float(np.median(np.abs(grey - _blur(grey)))) * 1.4826 / 0.943
+
+
+def _stroke_background(ink: np.ndarray, noise: float) -> np.ndarray:
+    """The background under light strokes: a grey-level opening (minimum, then maximum, over a
+    square window) whose window is just wider than the widest stroke. Windows from WINDOWS are
+    tried narrowest first (a granulometry): the ink the opening removes, counted above the
+    ``noise`` level, grows while the window is narrower than the strokes and stops growing past
+    them, at which width it is kept; wider things (lighting, the halves of a shadow) stay put."""
+    windows = [k for k in WINDOWS if k <= max(ink.shape)] or list(WINDOWS[:1])
+    removed_before = 0.0
+    for k in windows:
+        background = _opening(ink, k)
+        removed = float(np.maximum(ink - background - noise, 0).sum())
+        if 0 < removed_before and removed < (1 + SATURATION) * removed_before:
+            break
+        removed_before = removed
+    return background
+
+
+def _opening(grey: np.ndarray, k: int) -> np.ndarray:
+    """Grey-level opening with a k x k square: removes light things narrower than k, keeps the
+    rest. The picture is first extended past its border by point reflection (a lighting ramp
+    goes on rising, flat paper stays flat), so a bright border is not taken for a narrow peak."""
+    pad = k - 1  # the opening reads up to k - 1 px away: two passes of k // 2
+    extended = np.pad(grey, pad, mode="reflect", reflect_type="odd") if pad else grey
+    opened = _square(_square(extended, k, np.minimum), k, np.maximum)
+    return opened[pad:pad + grey.shape[0], pad:pad + grey.shape[1]]
+
+
+def _square(grey: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (np.minimum or np.maximum) over the k x k square centred on each pixel."""
+    return _rows(_rows(grey, k, op).T, k, op).T
+
+
+def _rows(grey: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    """``op`` over the k rows centred on each row, the edge rows repeated outward (the paper goes
+    on past the picture, so a margin between digit and edge is never taken for a stroke); by
+    doubling the span covered, log2(k) passes instead of k."""
+    before = k // 2
+    y = np.concatenate([np.repeat(grey[:1], before, 0), grey, np.repeat(grey[-1:], k - 1 - before, 0)])
+    n, span = grey.shape[0], 1
+    while 2 * span <= k:
+        y = op(y[:-span], y[span:])  # row i now covers rows i .. i + 2 span - 1
+        span *= 2
+    return op(y[:n], y[k - span:k - span + n])
 
 
 def _blur(grey: np.ndarray) -> np.ndarray:
@@ -416,12 +493,11 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, starts, ends
 
 
-def _main_strokes(mask: np.ndarray, name: str) -> np.ndarray:
-    """Keep the 8-connected pieces of ``mask`` that matter (each at least KEEP_FRACTION of the
-    largest); connected pieces are found by linking overlapping runs of adjacent rows."""
-    rows, starts, ends = _runs(mask)
-    if len(rows) > MAX_RUNS:
-        raise NoDigitFound(f"{name}: no digit found (the picture is mostly noise)")
+def _pieces(runs: tuple[np.ndarray, np.ndarray, np.ndarray], height: int, diagonal: bool) -> np.ndarray:
+    """The connected piece of each run (the index of a run standing for the piece): runs of
+    adjacent rows are linked where they overlap, or touch corner to corner if ``diagonal``
+    (8-connected pieces, as strokes; 4-connected, as the paper around and inside them)."""
+    rows, starts, ends = runs
     parent = list(range(len(rows)))
 
     def find(i: int) -> int:
@@ -430,12 +506,13 @@ def _main_strokes(mask: np.ndarray, name: str) -> np.ndarray:
             i = parent[i]
         return i
 
-    row_first = np.searchsorted(rows, np.arange(mask.shape[0] + 1))
-    for r in range(1, mask.shape[0]):
+    reach = 0 if diagonal else 1  # 4-connected runs must share a column, not just a corner
+    row_first = np.searchsorted(rows, np.arange(height + 1))
+    for r in range(1, height):
         a, a_end = int(row_first[r - 1]), int(row_first[r])  # runs of the row above
         b, b_end = a_end, int(row_first[r + 1])
         while a < a_end and b < b_end:
-            if starts[a] <= ends[b] and starts[b] <= ends[a]:  # touch, diagonals included
+            if starts[a] + reach <= ends[b] and starts[b] + reach <= ends[a]:
                 ra, rb = find(a), find(b)
                 if ra != rb:
                     parent[ra] = rb
@@ -443,15 +520,70 @@ def _main_strokes(mask: np.ndarray, name: str) -> np.ndarray:
                 a += 1
             else:
                 b += 1
-    roots = np.array([find(i) for i in range(len(rows))], dtype=np.int64)
-    sizes = np.bincount(roots, weights=ends - starts, minlength=len(rows)) if len(rows) else np.zeros(0)
+    return np.array([find(i) for i in range(len(rows))], dtype=np.int64)
+
+
+def _main_strokes(mask: np.ndarray, name: str) -> np.ndarray:
+    """Keep the 8-connected pieces of ``mask`` that matter (each at least KEEP_FRACTION of the largest)."""
+    rows, starts, ends = runs = _runs(mask)
+    if len(rows) > MAX_RUNS:
+        raise NoDigitFound(f"{name}: no digit found (the picture is mostly noise)")
+    pieces = _pieces(runs, mask.shape[0], diagonal=True)
+    sizes = np.bincount(pieces, weights=ends - starts, minlength=len(rows)) if len(rows) else np.zeros(0)
     if not len(sizes) or sizes.max() < MIN_STROKE_PIXELS:
         raise NoDigitFound(f"{name}: no digit found (only specks stand out)")
-    keep = sizes[roots] >= KEEP_FRACTION * sizes.max()
+    keep = sizes[pieces] >= KEEP_FRACTION * sizes.max()
     kept = np.zeros_like(mask)
     for r, s, e in zip(rows[keep], starts[keep], ends[keep]):
         kept[r, s:e] = True
     return kept
+
+
+def _is_blob(ink: np.ndarray, levels: np.ndarray) -> bool:
+    """A tap of the pen, a dot or a filled shape rather than strokes: a squarish box mostly
+    inked, with no loop in the ink's core (``levels`` >= 0.5) and an outline without hollows.
+    Heavy-ink digits fill their box too, but 0, 6, 8 and 9 keep a loop and the rest a hollow."""
+    h, w = ink.shape
+    if ink.mean() <= MAX_BLOB_FILL or not BLOB_ASPECT[0] < w / h < BLOB_ASPECT[1]:
+        return False
+    return not _has_loop(ink & (levels >= 0.5)) and _solidity(ink) > MIN_BLOB_SOLIDITY
+
+
+def _has_loop(ink: np.ndarray) -> bool:
+    """True when ``ink`` (a cropped mask) encloses paper: a 4-connected piece of paper of at
+    least MIN_HOLE_PIXELS that does not reach the frame around the crop."""
+    paper = ~np.pad(ink, 1)
+    rows, starts, ends = runs = _runs(paper)
+    pieces = _pieces(runs, paper.shape[0], diagonal=False)
+    sizes = np.bincount(pieces, weights=ends - starts, minlength=len(rows))
+    sizes[pieces[0]] = 0  # the first run lies in the frame: the paper outside
+    return bool(sizes.max() >= MIN_HOLE_PIXELS)
+
+
+def _solidity(ink: np.ndarray) -> float:
+    """Inked area / the area of its convex hull (over pixel corners): near 1 for a dot or a
+    square, lower for the hollowed outline of a digit's strokes."""
+    rows, starts, ends = _runs(ink)
+    corners = np.concatenate([np.stack([x, y], 1) for x in (starts, ends) for y in (rows, rows + 1)])
+    hull = _convex_hull(np.unique(corners, axis=0))
+    x, y = hull[:, 0].astype(np.float64), hull[:, 1].astype(np.float64)
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))  # the shoelace formula
+    return float(ink.sum()) / area if area > 0 else 1.0
+
+
+def _convex_hull(points: np.ndarray) -> np.ndarray:
+    """Andrew's monotone chain: the hull's corners of ``(N, 2)`` points sorted by x then y."""
+    def chain(ordered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for p in ordered:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()  # no left turn: out[-1] is inside
+            out.append(p)
+        return out[:-1]
+
+    ordered = [(int(x), int(y)) for x, y in points]
+    return np.array(chain(ordered) + chain(ordered[::-1]))
 
 
 def _scale_to_box(crop: np.ndarray) -> np.ndarray:
