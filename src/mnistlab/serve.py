@@ -64,7 +64,7 @@ import numpy as np
 from mnistlab import preprocess
 from mnistlab.config import NON_NEGATIVE, POSITIVE, option, validate
 from mnistlab.errors import MnistlabError
-from mnistlab.inference import NUM_CLASSES, Predictor, softmax
+from mnistlab.inference import NUM_CLASSES, Predictor
 from mnistlab.predict import top_k
 from mnistlab.runs import load_predictor
 
@@ -83,6 +83,9 @@ MAX_JSON_BYTES = 262_144  # 784 numbers fit in 20 KB; orjson takes ~7 ms for 256
 JSON_INLINE_BYTES = 32_768  # bigger JSON bodies (still valid, but odd) are parsed off the event loop
 NOFILE_RESERVE = 64  # file descriptors kept for the model, logs and the listening socket
 SERVE_ENV = "MNISTLAB_SERVE"  # run + config for worker processes (``--workers``)
+# uvicorn kills and restarts a worker that misses its 5 s ping; importing TensorFlow holds the GIL
+# for longer than that on a busy machine, so workers died and restarted over and over at start-up.
+WORKER_PING_S = 60
 DRAIN_FACTOR = 4  # read (and drop) up to 4x the body limit, so the client can read the 413
 PAGE_HEADERS = {  # the page may load only its own files and talk only to this server
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
@@ -410,6 +413,7 @@ async def send_json(send: Callable[[dict], Awaitable[None]], status: int, body: 
 
 
 def error_body(message: str) -> bytes:
+    """``{"error": message}`` as JSON bytes."""
     return json.dumps({"error": message}).encode()
 
 
@@ -452,7 +456,7 @@ class PredictHandler:
             if not picture:
                 raise ApiError(400, "empty picture; expected the bytes of a PNG, JPEG, GIF, BMP, WebP or TIFF file")
             image = await self.normalise(picture)
-        probabilities = softmax(await self.batcher.submit(image))
+        probabilities = self.predictor.probabilities_of(await self.batcher.submit(image))  # calibrated
         best = top_k(probabilities, 3)
         return orjson.dumps({
             "digit": best[0]["digit"],
@@ -481,6 +485,7 @@ def host_name(value: str) -> str:
 
 
 def is_ip_address(name: str) -> bool:
+    """True for an IPv4 or IPv6 address literal."""
     try:
         ipaddress.ip_address(name)
         return True
@@ -540,17 +545,19 @@ class Guard:
         if refused is not None:
             await send_json(send, refused.status, error_body(str(refused)))
             return
-        if scope["path"] == "/predict":
-            if scope["method"] == "POST":
+        try:
+            if scope["path"] != "/predict":
+                await self.api(scope, receive, send)
+            elif scope["method"] == "POST":
                 await self.predict(scope, receive, send)
             else:
                 await send_json(send, 405, error_body(f"{scope['method']} /predict: expected POST"),
                                 ((b"allow", b"POST"),))
-            return
-        try:
-            await self.api(scope, receive, send)
         except Exception as exc:  # FastAPI has already answered 500 (see create_app)
             log_error(scope, exc)
+        except asyncio.CancelledError:  # --shutdown-timeout ran out while this request was in progress
+            with contextlib.suppress(Exception):  # a response may have begun: then nothing more is sent
+                await send_json(send, 503, error_body("the server is shutting down"))
 
 
 # ---------------------------------------------------------------------------- HTTP with deadlines
@@ -825,12 +832,13 @@ def serve(run: str, config: ServeConfig = ServeConfig()) -> None:
         from uvicorn.supervisors import Multiprocess
 
         os.environ[SERVE_ENV] = json.dumps({"run": str(run), "config": dataclasses.asdict(config)})
-        # Each worker's TensorFlow gets its share of the cores (read when its runtime starts).
-        threads = str(max(1, len(os.sched_getaffinity(0)) // config.workers))
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
+        # Each worker's TensorFlow gets its share of the cores (read when its runtime starts);
+        # LiteRT's share is passed to load_predictor (app_from_environment).
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(worker_threads(config.workers)))
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
         Multiprocess(uvicorn_config("mnistlab.serve:app_from_environment", config, factory=True,
-                                    workers=config.workers), sockets=[sock]).run()
+                                    workers=config.workers, timeout_worker_healthcheck=WORKER_PING_S),
+                     sockets=[sock]).run()
     finally:
         sock.close()
 
@@ -844,5 +852,10 @@ def app_from_environment() -> Guard:
     settings = json.loads(os.environ[SERVE_ENV])
     config = ServeConfig(**settings["config"])
     with quiet_stderr():
-        predictor = load_predictor(settings["run"])
+        predictor = load_predictor(settings["run"], threads=worker_threads(config.workers))
     return create_app(predictor, config)
+
+
+def worker_threads(workers: int) -> int:
+    """Model threads per worker process: its share of the usable cores (at least one)."""
+    return max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") else 1
