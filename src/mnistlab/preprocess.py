@@ -441,9 +441,20 @@ def _opening(grey: np.ndarray, k: int) -> np.ndarray:
     rest. The picture is first extended past its border by point reflection (a lighting ramp
     goes on rising, flat paper stays flat), so a bright border is not taken for a narrow peak."""
     pad = k - 1  # the opening reads up to k - 1 px away: two passes of k // 2
-    extended = np.pad(grey, pad, mode="reflect", reflect_type="odd") if pad else grey
+    extended = _point_reflect(_point_reflect(grey, pad).T, pad).T
     opened = _square(_square(extended, k, np.minimum), k, np.maximum)
     return opened[pad:pad + grey.shape[0], pad:pad + grey.shape[1]]
+
+
+def _point_reflect(grey: np.ndarray, pad: int) -> np.ndarray:
+    """``pad`` rows added above and below: the picture's rows reflected through its edge row
+    (2 * edge - mirror, NumPy's "odd" reflection), and past one reflection the last row repeated."""
+    n = min(pad, grey.shape[0] - 1)
+    top, bottom = 2 * grey[:1] - grey[n:0:-1], 2 * grey[-1:] - grey[-2:-n - 2:-1]
+    out = np.concatenate([top, grey, bottom])
+    if pad > n:
+        out = np.concatenate([np.repeat(out[:1], pad - n, 0), out, np.repeat(out[-1:], pad - n, 0)])
+    return out
 
 
 def _square(grey: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
