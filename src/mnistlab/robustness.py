@@ -263,16 +263,23 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+HELP = ("accuracy on test sets unlike MNIST's: stroke width, resolution, rotation, slant, drawn, photos, "
+        "fonts, other writers")
+
+
 def add_command(commands: argparse._SubParsersAction) -> None:
     """Register ``mnistlab robustness RUN [RUN ...]`` on the CLI's subcommands."""
+    add_arguments_to(commands.add_parser("robustness", help=HELP))
+
+
+def add_arguments_to(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``mnistlab robustness`` (the CLI adds them when that command runs)."""
     width = max(len(s.name) for s in shifts.SETS)
     listing = "\n".join(f"  {s.name:<{width}}  {s.level:<8}  {s.about}" + (" (held out)" if s.held_out else "")
                         for s in shifts.SETS)
-    p = commands.add_parser("robustness", help="accuracy on test sets unlike MNIST's: stroke width, resolution, "
-                            "rotation, slant, drawn, photos, fonts, other writers",
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            description="Accuracy of each RUN on every shift set (a table; the worst set of each "
-                                        "kind below it).\n\nsets:\n" + listing)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = ("Accuracy of each RUN on every shift set (a table; the worst set of each kind below it)."
+                     "\n\nsets:\n" + listing)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or model files (.keras, SavedModel, .tflite)")
     p.add_argument("--json", default=None, help="also write every row as JSON to this file (default: none)")
     add_arguments(p, RobustConfig, title="sets")
