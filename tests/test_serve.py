@@ -272,7 +272,7 @@ def test_json_with_a_wrong_nesting_is_refused_before_conversion(client: httpx.Cl
     assert refused.value.status == 413
     converted = []
     real = np.asarray
-    monkeypatch.setattr(serve.np, "asarray", lambda *a, **k: converted.append(1) or real(*a, **k))
+    monkeypatch.setattr(np, "asarray", lambda *a, **k: converted.append(1) or real(*a, **k))
     for wrong in ([[0.0]] * 28, [[0.0] * 28] * 27 + [0.0], {"a": 1}, [[0]] * 45_000):
         with pytest.raises(serve.ApiError, match="got shape|ragged rows"):
             serve.pixels_from_json(json.dumps({"pixels": wrong}).encode())
@@ -509,8 +509,10 @@ def test_the_page_is_package_data():
 
     files = {p.name for p in resources.files("mnistlab").joinpath("static").iterdir()}
     assert {"index.html", "app.js", "style.css"} <= files
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert 'mnistlab = ["static/*"]' in pyproject
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "static/*" in pyproject["tool"]["setuptools"]["package-data"]["mnistlab"]
 
 
 # ---------------------------------------------------------------------------- batching
@@ -555,6 +557,10 @@ def test_micro_batcher_routes_rows_and_errors():
     assert calls[:3] == [8, 8, 4] and all(isinstance(f, ValueError) for f in failed)
     with pytest.raises(MnistlabError, match="--max-batch 0"):
         serve.MicroBatcher(model, 0, 0.0)
+
+
+def test_serve_agrees_with_preprocess_on_the_input_size():
+    assert serve.SIDE == preprocess.SIDE and serve.PIXELS == preprocess.SIDE ** 2  # serve does not import it up front
 
 
 def test_loopback_by_default():

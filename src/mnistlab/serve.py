@@ -39,10 +39,11 @@ A request's way through, and why:
 decoding pictures and speaking HTTP use every core instead of one interpreter's.
 """
 
-# No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations
-# (``request: Request``) at runtime, and Request is imported inside create_app to keep
-# ``import mnistlab.serve`` (and so the CLI) light; uvicorn is imported only to serve.
-import asyncio
+# ``import mnistlab.serve`` stays light (the CLI reads ServeConfig to parse ``mnistlab serve``):
+# NumPy, Pillow, the model code, FastAPI and uvicorn are imported where they are used. The
+# FastAPI routes in create_app carry no annotations FastAPI would have to resolve.
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import errno
@@ -54,25 +55,27 @@ import os
 import socket
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-import numpy as np
-
-from mnistlab import preprocess
 from mnistlab.config import NON_NEGATIVE, POSITIVE, option, validate
 from mnistlab.errors import MnistlabError
-from mnistlab.inference import NUM_CLASSES, Predictor
-from mnistlab.predict import top_k
-from mnistlab.runs import load_predictor
+
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from mnistlab.inference import Predictor
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/x-ms-bmp", "image/webp",
                "image/tiff", "application/octet-stream")
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
-PIXELS = preprocess.SIDE * preprocess.SIDE
+SIDE = 28  # the model's input is SIDE x SIDE (preprocess.SIDE; a test checks they agree)
+PIXELS = SIDE * SIDE
 PICTURE_THREADS = 2  # per server process: normalising is mostly Python, more threads only fight over the GIL
 # Pictures up to the page's own size are normalised on the event loop: ~1 ms, 9 ms for the worst
 # found (a checkerboard); a thread hand-off would cost more CPU than that under load.
@@ -168,11 +171,16 @@ class MicroBatcher:
         self.requests = self.batches = self.largest_batch = 0
 
     def start(self) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
         self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mnistlab-model")
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        import asyncio
+
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,6 +189,8 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
 
     async def submit(self, image: np.ndarray) -> np.ndarray:
+        import asyncio
+
         assert self._queue is not None, "MicroBatcher.start() was not called"
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((image, future))
@@ -201,6 +211,10 @@ class MicroBatcher:
             items.append(self._queue.get_nowait())
 
     async def _run(self) -> None:
+        import asyncio
+
+        import numpy as np
+
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
@@ -244,6 +258,9 @@ class PicturePool:
         self.pending = 0  # admitted and not answered yet (waiting or running)
 
     def start(self) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="mnistlab-picture")
         self._heavy = asyncio.Semaphore(1)
 
@@ -253,6 +270,8 @@ class PicturePool:
 
     async def run(self, fn: Callable[..., Any], *args: Any, heavy: bool = False) -> Any:
         """``fn(*args)`` on a pool thread; ApiError 503 when too many wait or it takes too long."""
+        import asyncio
+
         assert self._executor is not None and self._heavy is not None, "PicturePool.start() was not called"
         if self.pending >= self._max_waiting:
             raise ApiError(503, f"busy: {self.pending} pictures are waiting to be decoded; try again in a moment",
@@ -268,6 +287,8 @@ class PicturePool:
             self.pending -= 1
 
     async def _run_heavy(self, fn: Callable[..., Any], args: tuple) -> Any:
+        import asyncio
+
         assert self._executor is not None and self._heavy is not None
         await self._heavy.acquire()
         loop = asyncio.get_running_loop()
@@ -324,6 +345,7 @@ def pixels_from_json(body: bytes) -> np.ndarray:
 
     The nesting is checked before NumPy converts anything: 500,000 one-element lists would
     otherwise cost a second of conversion before being refused."""
+    import numpy as np
     import orjson
 
     if len(body) > MAX_JSON_BYTES:
@@ -337,10 +359,10 @@ def pixels_from_json(body: bytes) -> np.ndarray:
         raise ApiError(400, 'JSON body: expected an object {"pixels": [...]} with 28 x 28 or 784 numbers')
     pixels = payload["pixels"]
     expected = "expected 28 x 28 or 784 numbers in [0, 1]"
-    if not isinstance(pixels, list) or len(pixels) not in (PIXELS, preprocess.SIDE):
+    if not isinstance(pixels, list) or len(pixels) not in (PIXELS, SIDE):
         shape = _shape(pixels) if isinstance(pixels, list) else type(pixels).__name__
         raise ApiError(400, f'"pixels": got shape {shape}; {expected}')
-    if len(pixels) == preprocess.SIDE and not all(isinstance(r, list) and len(r) == preprocess.SIDE for r in pixels):
+    if len(pixels) == SIDE and not all(isinstance(r, list) and len(r) == SIDE for r in pixels):
         if all(isinstance(r, list) for r in pixels):
             raise ApiError(400, '"pixels": ragged rows; expected 28 rows of 28 numbers, or 784 numbers')
         raise ApiError(400, f'"pixels": got shape {_shape(pixels)}; {expected}')
@@ -354,7 +376,7 @@ def pixels_from_json(body: bytes) -> np.ndarray:
     if array.min() < 0 or array.max() > 1:
         raise ApiError(400, f'"pixels": values from {array.min():g} to {array.max():g}; expected [0, 1] '
                             "(divide 0-255 grey levels by 255; light digit on dark, as MNIST)")
-    return array.reshape(preprocess.SIDE, preprocess.SIDE, 1)
+    return array.reshape(SIDE, SIDE, 1)
 
 
 async def file_from_multipart(scope: dict, body: bytes, limit: int) -> bytes:
@@ -382,6 +404,8 @@ def picture_pixels(picture: bytes) -> int | None:
     tell (then ``preprocess`` says why, quickly). A PNG's size is read straight from its IHDR."""
     from PIL import Image
 
+    from mnistlab import preprocess
+
     if picture[:8] == PNG_SIGNATURE and picture[12:16] == b"IHDR" and len(picture) >= 24:
         return int.from_bytes(picture[16:20], "big") * int.from_bytes(picture[20:24], "big")
     try:
@@ -393,6 +417,8 @@ def picture_pixels(picture: bytes) -> int | None:
 
 def model_input(picture: bytes, max_pixels: int) -> np.ndarray:
     """``preprocess`` with its refusals as API errors: 422 no digit, 413 too large, 400 unreadable."""
+    from mnistlab import preprocess
+
     try:
         return preprocess.preprocess(picture, "picture", max_pixels)
     except preprocess.NoDigitFound as exc:
@@ -439,7 +465,10 @@ class PredictHandler:
         await send_json(send, status, body, headers)
 
     async def answer(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> bytes:
+        import numpy as np
         import orjson
+
+        from mnistlab.predict import top_k
 
         raw_type = header(scope, b"content-type") or b""
         kind = raw_type.split(b";")[0].strip().lower().decode("latin-1")
@@ -461,7 +490,7 @@ class PredictHandler:
         return orjson.dumps({
             "digit": best[0]["digit"],
             "probability": round(best[0]["probability"], 6),
-            "probabilities": [round(float(p), 6) for p in probabilities[:NUM_CLASSES]],
+            "probabilities": [round(float(p), 6) for p in probabilities],
             "top": [{"digit": t["digit"], "probability": round(t["probability"], 6)} for t in best],
             "model": self.predictor.name,
             "seen": np.round(image.reshape(-1) * 255).astype(np.int64),
@@ -538,6 +567,8 @@ class Guard:
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                        send: Callable[[dict], Awaitable[None]]) -> None:
+        import asyncio
+
         if scope["type"] != "http":  # lifespan
             await self.api(scope, receive, send)
             return
@@ -729,7 +760,8 @@ def uvicorn_config(app: Any, config: ServeConfig, log_level: str = "info", **ext
 # ---------------------------------------------------------------------------- the app
 def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Guard:
     """The ASGI application serving ``predictor`` under ``config``'s limits."""
-    from fastapi import FastAPI, Request
+    import numpy as np
+    from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
@@ -752,25 +784,26 @@ def create_app(predictor: Predictor, config: ServeConfig = ServeConfig()) -> Gua
     api = FastAPI(title="mnistlab", lifespan=lifespan, docs_url=None, redoc_url=None)  # docs pull from a CDN
 
     @api.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Any, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @api.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:  # Guard logs the line
+    async def server_error(request: Any, exc: Exception) -> JSONResponse:  # Guard logs the line
         return JSONResponse({"error": "internal error; see the server's log"}, status_code=500)
 
+    # Routes without return annotations: FastAPI would resolve them (as response models) by name.
     @api.get("/", response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
+    async def index():
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
     @api.get("/health")
-    async def health() -> dict:
+    async def health():
         return {"status": "ok", "model": predictor.name, "pid": os.getpid(), "requests": batcher.requests,
                 "batches": batcher.batches, "largest_batch": batcher.largest_batch,
                 "pictures_pending": pool.pending}
 
     @api.get("/model")
-    async def model_info() -> dict:
+    async def model_info():
         return predictor.info()
 
     api.mount("/static", StaticFiles(packages=[("mnistlab", "static")]), name="static")
@@ -815,6 +848,8 @@ def serve(run: str, config: ServeConfig = ServeConfig()) -> None:
     """
     import uvicorn
 
+    from mnistlab.runs import load_predictor
+
     validate(config)
     raise_open_files_limit(config.max_connections)
     sock = listening_socket(config.host, config.port)
@@ -848,6 +883,7 @@ def app_from_environment() -> Guard:
     file descriptor 2 muted: TensorFlow's C++ start-up lines ('failed call to cuInit'...) would
     otherwise print once per worker; a failure still raises, with its one-line message."""
     from mnistlab.inference import quiet_stderr
+    from mnistlab.runs import load_predictor
 
     settings = json.loads(os.environ[SERVE_ENV])
     config = ServeConfig(**settings["config"])
