@@ -174,7 +174,8 @@ def test_every_file_gets_its_own_result_or_its_own_error(tiny_run: Path, digit_f
 def test_cli_predict_text_and_json(tiny_run: Path, digit_files, tmp_path: Path, capsys):
     assert cli.main(["predict", str(tiny_run), *map(str, digit_files)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"{digit_files[0]}: ") and "then" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith(f"{digit_files[0]}: ")
+    assert " or " in lines[0] and "?" in lines[0]  # an untrained model is unsure, and says so
     (tmp_path / "bad.gif").write_bytes(b"GIF89a broken")
     assert cli.main(["predict", str(tiny_run), str(digit_files[0]), str(tmp_path / "bad.gif"),
                      "--json", "--top", "2"]) == 1
@@ -215,3 +216,50 @@ def test_a_run_written_by_mnistlab_train_loads(tiny_mnist_dir: Path, tmp_path: P
     assert run.info() == {**keras_run.info(), "format": "tflite"}
     np.testing.assert_allclose(run.probabilities(dataset.test.images), keras_run.probabilities(dataset.test.images),
                                atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- answers that say when they are unsure
+def fixed(logits: list[float]):
+    """A Predictor answering ``logits`` for every picture."""
+    from mnistlab.inference import Predictor
+
+    row = np.asarray(logits, np.float32)
+    return Predictor("fixed", "keras", Path("fixed"), 0, {}, call=lambda x: np.tile(row, (len(x), 1)))
+
+
+def test_a_clear_answer_and_an_unsure_one(digit_files):
+    sure = predict.predict_files(fixed([0, 0, 0, 0, 9, 0, 0, 0, 0, 0]), digit_files[:1])[0]
+    assert sure["digit"] == 4 and sure["probability"] > 0.99 and sure["unsure"] is False
+    assert sure["candidates"] == [4] and predict.verdict(sure) == f"4 ({sure['probability']:.1%})"
+    torn = predict.predict_files(fixed([0, 0, 0, 0, 3, 0, 0, 0, 0, 2.8]), digit_files[:1])[0]
+    assert torn["unsure"] is True and torn["candidates"] == [4, 9]
+    assert predict.verdict(torn).startswith("4 or 9? (")
+    low = predict.predict_files(fixed([1.0] * 10), digit_files[:1], top=1)[0]  # ten equal digits: unsure too
+    assert low["unsure"] is True and len(low["top"]) == 1 and predict.verdict(low).endswith("?" + predict.verdict(low).split("?")[1])
+
+
+def test_the_temperature_decides_what_is_sure(digit_files):
+    """The same logits: sure with a sharpening temperature, unsure with a flattening one."""
+    model = fixed([0, 0, 0, 0, 2.5, 0, 0, 0, 0, 0])
+    model.temperature = 0.5
+    assert predict.predict_files(model, digit_files[:1])[0]["unsure"] is False
+    model.temperature = 2.0
+    assert predict.predict_files(model, digit_files[:1])[0]["unsure"] is True
+
+
+def test_cli_says_4_or_9(monkeypatch, digit_files, capsys):
+    from mnistlab import runs
+
+    monkeypatch.setattr(runs, "load_predictor", lambda path: fixed([0, 0, 0, 0, 3, 0, 0, 0, 0, 2.8]))
+    assert cli.main(["predict", "anything", str(digit_files[0])]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{digit_files[0]}: 4 or 9? (") and "then" not in out
+
+
+def test_grey_arrays_are_pictures_too(tiny_run: Path):
+    from _models import SEVEN, draw
+
+    grey = np.asarray(draw(SEVEN).convert("L"), np.float32) / 255
+    results = predict.predict_files(load_predictor(tiny_run), [grey, np.zeros((40, 40), np.float32)])
+    assert results[0]["file"] == "image 0" and "digit" in results[0]
+    assert results[1]["file"] == "image 1" and "no digit found" in results[1]["error"]

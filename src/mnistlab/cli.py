@@ -56,11 +56,12 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     if not 0 <= args.index < len(split):
         raise MnistlabError(f"--index {args.index}: expected 0..{len(split) - 1} for the {args.split} split")
     image = split.images[args.index].reshape(data.IMAGE_SIDE, data.IMAGE_SIDE)
-    for row in image:
+    for row in image:  # at most 80 columns: 28 values of two characters, or of three in two halves
         if args.raw:
-            print(" ".join(f"{round(v * 255):3d}" for v in row))
+            levels = [f"{round(v * 255):3d}" for v in row]
+            print(" ".join(levels[:14]) + "\n  " + " ".join(levels[14:]))
         else:
-            print(" ".join(f"{v:.1f}" if v else "  0" for v in row))
+            print(" ".join(str(min(9, round(v * 10))) if v else "." for v in row))
     label = int(split.labels[args.index])
     print(f"{args.split}[{args.index}] label={label} ({ds.facts.class_names[label]})")
     return 0
@@ -277,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {r['error']}")
             continue
         others = ", ".join(f"{t['digit']} ({t['probability']:.1%})" for t in r["top"][1:])
-        print(f"{r['file']}: {r['digit']} ({r['probability']:.1%})" + (f"  then {others}" if others else ""))
+        print(f"{r['file']}: {predict.verdict(r)}" + (f"  then {others}" if others and not r["unsure"] else ""))
     return 1 if any("error" in r for r in results) else 0
 
 
@@ -323,7 +324,8 @@ def _args_data(p: argparse.ArgumentParser) -> None:
     q = data_cmds.add_parser("show", help="print one image as numbers, with its label")
     q.add_argument("--split", default="test", choices=SPLITS, help="split (default: test)")
     q.add_argument("--index", type=int, default=0, help="image index in the split (default: 0)")
-    q.add_argument("--raw", action="store_true", help="print 0-255 grey levels instead of [0, 1] (default: False)")
+    q.add_argument("--raw", action="store_true", help="print 0-255 grey levels (two lines per row) instead of "
+                   "tenths of [0, 1] (., 1 .. 9; default: False)")
     _data_options(q)
     q.set_defaults(handler=cmd_data_show)
 

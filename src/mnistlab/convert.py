@@ -77,7 +77,7 @@ def write_run_tflite(folder: Any, model: Any, images: Any, log: Callable[[str], 
             f"{check['max_abs_probability_diff']:.2g} (> {TFLITE_TOLERANCE:g}); predict and serve will use model.keras")
         return None
     folder.write_tflite(content, {**check, "accepted": True, "parameters": int(model.count_params())})
-    log(f"wrote {folder.tflite_file.name}: probabilities within {check['max_abs_probability_diff']:.1g} of "
+    log(f"wrote {folder.tflite_file.name}: within {check['max_abs_probability_diff']:.1g} of "
         f"{folder.model_file.name} on {check['images']:,} test images")
     return check
 

@@ -15,32 +15,57 @@ from mnistlab.errors import MnistlabError
 from mnistlab.inference import NUM_CLASSES, Predictor
 
 
-# ---------------------------------------------------------------------------- files
+# ---------------------------------------------------------------------------- answers
 def top_k(probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
     """The ``k`` likeliest digits of one probability row, likeliest first."""
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [{"digit": int(d), "probability": float(probabilities[d])} for d in order]
 
 
-def predict_files(predictor: Predictor, paths: Sequence[str | os.PathLike], top: int = 3) -> list[dict[str, Any]]:
-    """One result per file, in order: ``{"file", "digit", "probability", "top": [...]}``, or
-    ``{"file", "error"}`` for a file that cannot be read or holds no digit (the rest still run)."""
+def answer(probabilities: np.ndarray, top: int = 3) -> dict[str, Any]:
+    """What a user is told about one picture, from its calibrated probabilities: the digit, its
+    probability, the ``top`` likeliest, and whether the model is unsure (``calibrate.is_unsure``:
+    then ``candidates`` holds the two digits it hesitates between)."""
+    from mnistlab.calibrate import is_unsure
+
+    best = top_k(probabilities, max(top, 2))
+    unsure = is_unsure(probabilities)
+    return {"digit": best[0]["digit"], "probability": best[0]["probability"], "top": best[:top],
+            "unsure": unsure, "candidates": [t["digit"] for t in best[:2]] if unsure else [best[0]["digit"]]}
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """``7 (98.2 %)``, or ``4 or 9? (55.0 %, 40.2 %)`` when unsure."""
+    if result["unsure"]:
+        first, second = result["top"][0], result["top"][1] if len(result["top"]) > 1 else None
+        if second is None:
+            return f"{first['digit']}? ({first['probability']:.1%})"
+        return f"{first['digit']} or {second['digit']}? ({first['probability']:.1%}, {second['probability']:.1%})"
+    return f"{result['digit']} ({result['probability']:.1%})"
+
+
+# ---------------------------------------------------------------------------- files
+def predict_files(predictor: Predictor, pictures: Sequence[Any], top: int = 3) -> list[dict[str, Any]]:
+    """One result per picture, in order: ``{"file", "digit", "probability", "top", "unsure",
+    "candidates"}`` (see ``answer``), or ``{"file", "error"}`` for a picture that cannot be read or
+    holds no digit (the rest still run). A picture is a file path, its bytes, or a grey array
+    ``(H, W)`` in [0, 1] of either polarity."""
     from mnistlab import preprocess
 
     if not 1 <= top <= NUM_CLASSES:
         raise MnistlabError(f"--top {top}: expected 1..{NUM_CLASSES}")
     results: list[dict[str, Any]] = []
     images, slots = [], []
-    for path in paths:
+    for i, picture in enumerate(pictures):
+        name = f"image {i}" if isinstance(picture, (np.ndarray, bytes, bytearray, memoryview)) else str(picture)
         try:
-            images.append(preprocess.preprocess(path))
+            images.append(preprocess.to_mnist(np.asarray(picture, np.float32), name) if isinstance(picture, np.ndarray)
+                          else preprocess.preprocess(picture, name))
             slots.append(len(results))
-            results.append({"file": str(path)})
+            results.append({"file": name})
         except MnistlabError as exc:
-            results.append({"file": str(path), "error": str(exc)})
+            results.append({"file": name, "error": str(exc)})
     if images:
-        probabilities = predictor.probabilities(np.stack(images))
-        for slot, row in zip(slots, probabilities):
-            best = top_k(row, top)
-            results[slot].update(digit=best[0]["digit"], probability=best[0]["probability"], top=best)
+        for slot, row in zip(slots, predictor.probabilities(np.stack(images))):
+            results[slot].update(answer(row, top))
     return results

@@ -675,8 +675,8 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
                 folder.write_history(history)
                 folder.write_timing(clock.to_json())
                 summaries.epoch(row, model)
-                log(f"Train Epoch: {epoch + 1:02d}  train_loss={row['train_loss']:.6f}  "
-                    f"val_loss={row['val_loss']:.6f}  val_accuracy={row['val_accuracy']:.4f}  time={seconds:.1f}s")
+                log(f"Train Epoch: {epoch + 1:02d}  train_loss={row['train_loss']:.4f}  "
+                    f"val_loss={row['val_loss']:.4f}  val_accuracy={row['val_accuracy']:.4f}  time={seconds:.1f}s")
                 if stop.requested and epoch + 1 < plan.epochs:  # Ctrl-C in the epoch's last chunk
                     log(f"interrupted after epoch {epoch + 1}: saved in {checkpoints.latest()}; "
                         f"continue with `mnistlab train --resume --out {folder.path}`")
