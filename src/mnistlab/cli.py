@@ -170,9 +170,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     label = "untrained " if args.untrained else ""
     print(f"Accuracy on {args.split.title()}-Set ({label}{saved['model']}): {result.accuracy:.2%} "
           f"({result.correct} / {len(result.labels)})   loss {result.loss:.4f}")
-    print(f"Calibration: temperature {temperature:.3f}"
-          + (" (fitted on the validation split)" if temperature != 1.0 else " (none)")
-          + f"; expected calibration error {result.ece_uncalibrated:.2%} uncalibrated, {result.ece:.2%} as shown")
+    print(f"Calibration: temperature {temperature:.3f}" + (" (fitted on validation)" if temperature != 1.0 else "")
+          + f"; ECE {result.ece_uncalibrated:.2%} -> {result.ece:.2%}")
+    kept = result.selective()
+    print(f"Unsure: {1 - kept['kept']:.2%} of answers (4 or 9?); the rest {kept['accuracy_kept']:.2%} right, "
+          f"{kept['errors_flagged']:.0%} of errors caught")
     print("Confusion Matrix:")
     print(evaluate.confusion_table(result.confusion, ds.facts.class_names))
     precision, recall = result.precision_recall()

@@ -37,6 +37,11 @@ class Evaluation:
         """Expected calibration error of the (calibrated) probabilities, 15 bins."""
         return calibrate.expected_calibration_error(self.probabilities, self.labels)
 
+    def selective(self) -> dict[str, float]:
+        """What the unsure rule does here (``calibrate.selective_accuracy``): answers kept, their accuracy,
+        errors flagged."""
+        return calibrate.selective_accuracy(self.probabilities, self.labels)
+
     @property
     def ece_uncalibrated(self) -> float:
         """The same of the raw softmax (temperature 1)."""
@@ -126,6 +131,7 @@ def write_reports(run_dir: str | os.PathLike, result: Evaluation, split: str) ->
         "split": split, "model_sha256": folder.model_digest(), "loss": result.loss, "accuracy": result.accuracy,
         "correct": result.correct, "total": int(len(result.labels)), "confusion_matrix": result.confusion.tolist(),
         "temperature": result.temperature, "ece": _number(result.ece), "ece_uncalibrated": _number(result.ece_uncalibrated),
+        "unsure": {k: _number(v) for k, v in result.selective().items()},
         "precision": [_number(p) for p in precision], "recall": [_number(r) for r in recall]})
     rows = ["index,label,prediction,confidence"]
     rows += [f"{m['index']},{m['label']},{m['prediction']},{m['confidence']:.6f}" for m in result.misclassified()]
