@@ -122,3 +122,25 @@ def test_a_dot_is_not_a_digit(browser, real_mnist, tmp_path_factory):
         status = page.locator("#status").text_content()
         page.close()
     assert state == "error" and "no digit found" in status
+
+
+def test_an_unsure_model_says_4_or_9(browser):
+    """A model torn between 4 and 9: the page says "4 or 9?" and shows both percentages."""
+    from mnistlab.inference import Predictor
+    import numpy as np
+
+    torn = np.array([0, 0, 0, 0, 3.0, 0, 0, 0, 0, 2.8], np.float32)
+    predictor = Predictor("torn", "keras", Path("torn"), 0, {}, call=lambda x: np.tile(torn, (len(x), 1)))
+    with _models.RunningServer(serve.create_app(predictor)) as running:
+        page = browser.new_page()
+        page.goto(running.url + "/")
+        box = page.locator("#pad").bounding_box()
+        for points in DIGITS["4"]:
+            stroke(page, box, points)
+        page.locator(SETTLED).wait_for(timeout=30_000)
+        shown = page.locator("#prediction").text_content()
+        confidence = page.locator("#confidence").text_content()
+        unsure = page.locator("#prediction").get_attribute("data-unsure")
+        page.close()
+    assert shown == "4 or 9?" and unsure == "true"
+    assert confidence.startswith("4: ") and ", 9: " in confidence

@@ -150,13 +150,15 @@ def test_predict_a_png_body(client: httpx.Client, tiny_predictor, which: str):
     picture = page_png() if which.startswith("page") else encode(draw(SEVEN), "PNG")
     assert (serve.picture_pixels(picture) <= serve.INLINE_PIXELS) == which.startswith("page")
     answer = client.post("/predict", content=picture, headers={"content-type": "image/png"}).json()
-    assert set(answer) == {"digit", "probability", "probabilities", "top", "model", "seen"}
+    assert set(answer) == {"digit", "probability", "probabilities", "top", "unsure", "candidates", "model", "seen"}
     seen = preprocess.preprocess(picture)  # the server must apply the very same pipeline
     assert answer["seen"] == np.round(seen.ravel() * 255).astype(int).tolist()
     expected = tiny_predictor.probabilities(seen[None])[0]
     np.testing.assert_allclose(answer["probabilities"], expected, atol=2e-6)
     assert answer["digit"] == int(expected.argmax()) == answer["top"][0]["digit"]
     assert answer["model"] == "tiny" and sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)
+    from mnistlab.predict import answer as said  # the same unsure rule as `mnistlab predict`
+    assert (answer["unsure"], answer["candidates"]) == (said(expected)["unsure"], said(expected)["candidates"])
 
 
 def test_multipart_upload_gives_the_same_answer(client: httpx.Client):

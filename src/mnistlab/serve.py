@@ -2,7 +2,7 @@
 
 - ``POST /predict``: a picture (raw body with an image content type, or multipart with one file
   part) or JSON ``{"pixels": 28 x 28 or 784 numbers in [0, 1]}`` (already MNIST's format) ->
-  ``{"digit", "probability", "probabilities", "top", "model", "seen"}`` where ``seen`` is the
+  ``{"digit", "probability", "probabilities", "top", "unsure", "candidates", "model", "seen"}`` where ``seen`` is the
   28 x 28 input the model got (784 grey levels 0-255, row by row) after ``preprocess.py``;
 - ``GET /health`` (status, model, pid, requests, batches, largest_batch, pictures_pending),
   ``GET /model`` (name, format, parameters, test accuracy);
@@ -468,7 +468,7 @@ class PredictHandler:
         import numpy as np
         import orjson
 
-        from mnistlab.predict import top_k
+        from mnistlab.predict import answer
 
         raw_type = header(scope, b"content-type") or b""
         kind = raw_type.split(b";")[0].strip().lower().decode("latin-1")
@@ -486,12 +486,14 @@ class PredictHandler:
                 raise ApiError(400, "empty picture; expected the bytes of a PNG, JPEG, GIF, BMP, WebP or TIFF file")
             image = await self.normalise(picture)
         probabilities = self.predictor.probabilities_of(await self.batcher.submit(image))  # calibrated
-        best = top_k(probabilities, 3)
+        said = answer(probabilities, 3)
         return orjson.dumps({
-            "digit": best[0]["digit"],
-            "probability": round(best[0]["probability"], 6),
+            "digit": said["digit"],
+            "probability": round(said["probability"], 6),
             "probabilities": [round(float(p), 6) for p in probabilities],
-            "top": [{"digit": t["digit"], "probability": round(t["probability"], 6)} for t in best],
+            "top": [{"digit": t["digit"], "probability": round(t["probability"], 6)} for t in said["top"]],
+            "unsure": said["unsure"],
+            "candidates": said["candidates"],
             "model": self.predictor.name,
             "seen": np.round(image.reshape(-1) * 255).astype(np.int64),
         }, option=orjson.OPT_SERIALIZE_NUMPY)

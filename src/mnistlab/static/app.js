@@ -138,9 +138,13 @@ async function send() {
 }
 
 function show(answer) {
-  predictionEl.textContent = String(answer.digit);
+  // Unsure (the top digit below 80 %, or the runner-up close): say "4 or 9?", not a confident digit.
+  predictionEl.textContent = answer.unsure ? `${answer.candidates.join(" or ")}?` : String(answer.digit);
   predictionEl.dataset.digit = String(answer.digit);
-  confidenceEl.textContent = `${(100 * answer.probability).toFixed(1)}%`;
+  predictionEl.dataset.unsure = String(Boolean(answer.unsure));
+  confidenceEl.textContent = answer.unsure
+    ? answer.top.slice(0, 2).map((t) => `${t.digit}: ${(100 * t.probability).toFixed(1)}%`).join(", ")
+    : `${(100 * answer.probability).toFixed(1)}%`;
   answer.probabilities.forEach((p, d) => {
     bars[d].classList.toggle("best", d === answer.digit);
     bars[d].querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
