@@ -43,6 +43,7 @@ SAVED_MODEL_FILE = "saved_model.pb"
 METADATA_FILE = "mnistlab.json"  # written by export: name, parameters, test metrics
 SAVED_MODEL_METADATA = Path("assets.extra") / METADATA_FILE  # TF Serving ignores assets.extra
 BATCH = 1024  # images per model call when predicting many
+SIZES_KEPT = 10  # tflite: interpreters kept, one per batch size (1, 2, 4 ... 64 for the server, 1024, a rest)
 ACCEPTED = ("a run folder (holding model.keras), a .keras file, a SavedModel folder (holding "
             "saved_model.pb) or a .tflite file (or a folder holding model.tflite)")
 
@@ -311,8 +312,26 @@ def tflite_predictor(path: Path, threads: int | None = None) -> Predictor:
         q_in, q_out = _quantized(inp), _quantized(out)
     except MnistlabError as exc:
         raise MnistlabError(f"{path}: {exc}") from None
-    lock = threading.Lock()  # one interpreter, one call at a time
-    batch = [0]  # the batch size the tensors are allocated for (0: not yet)
+    lock = threading.Lock()  # one call at a time (interpreters are not thread-safe)
+    # One interpreter per batch size met (the server pads to a few powers of two): allocating
+    # tensors again at every change of size would cost each batch a re-plan, and muting fd 2 for
+    # it (TFLite's C++ log) would hide other threads' lines. Beyond SIZES_KEPT sizes the oldest goes.
+    ready: dict[int, Any] = {}
+
+    def interpreter_for(n: int) -> Any:
+        if n not in ready:
+            one = interpreter if not ready else _tflite_interpreter(path, content, threads or default_threads())
+            one.resize_tensor_input(inp["index"], [n, *INPUT_SHAPE], strict=False)
+            with quiet_stderr():  # TFLite's C++ log announces its XNNPACK delegate on the first allocation
+                try:
+                    one.allocate_tensors()
+                except RuntimeError as exc:
+                    raise MnistlabError(f"{path}: TFLite cannot prepare this model "
+                                        f"({modelcheck.first_line(exc)})") from None
+            if len(ready) >= SIZES_KEPT:
+                ready.pop(next(iter(ready)))
+            ready[n] = one
+        return ready[n]
 
     def call(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -320,21 +339,13 @@ def tflite_predictor(path: Path, threads: int | None = None) -> Predictor:
             info = np.iinfo(inp["dtype"])
             x = np.clip(np.round(x / q_in[0]) + q_in[1], info.min, info.max).astype(inp["dtype"])
         with lock:
-            if batch[0] != len(x):
-                interpreter.resize_tensor_input(inp["index"], [len(x), *INPUT_SHAPE], strict=False)
-                with quiet_stderr():  # TFLite's C++ log announces its XNNPACK delegate on the first allocation
-                    try:
-                        interpreter.allocate_tensors()
-                    except RuntimeError as exc:
-                        raise MnistlabError(f"{path}: TFLite cannot prepare this model "
-                                            f"({modelcheck.first_line(exc)})") from None
-                batch[0] = len(x)
-            interpreter.set_tensor(inp["index"], x)
+            one = interpreter_for(len(x))
+            one.set_tensor(inp["index"], x)
             try:
-                interpreter.invoke()
+                one.invoke()
             except RuntimeError as exc:
                 raise MnistlabError(f"{path}: TFLite failed to run this model ({modelcheck.first_line(exc)})") from None
-            y = interpreter.get_tensor(out["index"]).copy()
+            y = one.get_tensor(out["index"]).copy()
         return ((y.astype(np.float32) - q_out[1]) * q_out[0]) if q_out else y
 
     metadata = _sidecar(path.parent) if path.name == TFLITE_FILE else {}
