@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from _users import ordinary_user  # noqa: F401  (a fixture: children that obey file permissions)
 from mnistlab import data, idx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -53,7 +53,7 @@ class Run:
 
         fields = self.config.get("data")
         if not isinstance(fields, dict):
-            raise MnistlabError(f"{self.folder / CONFIG_FILE}: no \"data\" object; expected the run's data settings")
+            raise MnistlabError(f"{self.files.config_file}: no \"data\" object; expected the run's data settings")
         return from_json(DataConfig, fields)
 
     @cached_property

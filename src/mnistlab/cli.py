@@ -504,10 +504,18 @@ EXTRA_HELP = {"robustness": "accuracy on test sets unlike MNIST's: stroke width,
                             "drawn, photos, fonts, other writers"}  # shown without importing the module
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the project's: one line (``error: mnistlab train: argument
+    --seed: invalid int value: '1e23'``) and exit status 2, no usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command tree; every option's help states its default. With ``only``, just that
     command's arguments are added (the others keep their name and help): what ``main`` needs."""
-    parser = argparse.ArgumentParser(prog="mnistlab", description="Handwritten-digit recognition on MNIST-format data with TensorFlow 2 / Keras 3: "
+    parser = Parser(prog="mnistlab", description="Handwritten-digit recognition on MNIST-format data with TensorFlow 2 / Keras 3: "
                                      "data, the course's models, training, evaluation, pictures, serving, export. "
                                      "`mnistlab COMMAND --help` lists each command's options with defaults.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")

@@ -8,7 +8,6 @@ gets from ``log(softmax)`` cannot happen. Each entry carries the course's traini
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable

@@ -6,7 +6,6 @@ The model comes from ``runs.load_predictor`` (a run folder, a ``.keras`` file, a
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
