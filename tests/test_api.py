@@ -72,6 +72,13 @@ def test_train_evaluate_plot_and_predict_in_a_few_lines(data, tiny_dir, tmp_path
     assert model.count_params() == result.metrics["params"]
 
 
+def test_preprocess_image_gives_the_models_input():
+    from _models import SEVEN, draw
+
+    seen = mnistlab.preprocess_image(np.asarray(draw(SEVEN).convert("L"), np.float32) / 255)
+    assert seen.shape == (28, 28, 1) and seen.max() == pytest.approx(1.0)
+
+
 def test_unknown_options_are_refused():
     with pytest.raises(MnistlabError, match="train_model: unknown option nope"):
         mnistlab.train_model("softmax", None, "x", nope=1)

@@ -16,8 +16,8 @@ from mnistlab.runs import RunFolder
 from mnistlab.train import Chunk, TrainConfig, TrainingDiverged, learning_rate_at, plan_chunks, train
 from synthetic import synthetic_dataset
 
-QUIET = dict(progress=False)
-NO_TB = dict(progress=False, tensorboard=False)
+QUIET = dict(progress=False, tflite=False)  # model.tflite is tested where predict uses it
+NO_TB = dict(progress=False, tensorboard=False, tflite=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def test_every_model_builds_trains_and_loss_falls(name, data, tmp_path):
     assert any(line.startswith("Train Finished takes:") for line in lines)
     for name_ in ("config.json", "history.csv", "metrics.json", "timing.json", "model.keras"):
         assert (tmp_path / name / name_).is_file()
+    assert not (tmp_path / name / "model.tflite").exists()  # --no-tflite
 
 
 def test_learns_synthetic_data(data, tmp_path):

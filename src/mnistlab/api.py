@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from mnistlab.errors import MnistlabError
 
 __all__ = ["load_data", "model_names", "build_model", "train_model", "evaluate_run", "plot", "predict_images",
-           "load_predictor", "export_model", "write_report"]
+           "preprocess_image", "evaluate_robustness", "load_predictor", "export_model", "write_report"]
 
 
 def load_data(dataset: str = "mnist", data_dir: str | None = None, validation_size: int = 5000,
@@ -56,6 +56,7 @@ def build_model(name: str, **arch: Any) -> Any:
     """
     from mnistlab import models
 
+    _quiet_tensorflow()
     return models.build(name, **arch)
 
 
@@ -70,6 +71,7 @@ def train_model(model: str, data: Any, out: str | os.PathLike, *, resume: bool =
     """
     from mnistlab import models, train
 
+    _quiet_tensorflow()
     recipe_fields = {f.name for f in dataclasses.fields(models.Recipe)}
     config_fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     arch_fields = set(models.builder_parameters())
@@ -93,6 +95,7 @@ def evaluate_run(run: str | os.PathLike, data: Any = None, split: str = "test") 
     from mnistlab import evaluate, runs
     from mnistlab.config import from_json
 
+    _quiet_tensorflow()
     folder = runs.RunFolder(Path(run))
     if data is None:
         data = data_module.load(from_json(data_module.DataConfig, folder.read_config()["data"]))
@@ -107,6 +110,7 @@ def plot(run: str | os.PathLike, kind: str, **options: Any) -> Any:
     """
     from mnistlab import analysis, report
 
+    _quiet_tensorflow()
     return report.figure(analysis.Run(run), kind, **options)
 
 
@@ -134,6 +138,7 @@ def export_model(run: str | os.PathLike, fmt: str, out: str | os.PathLike, **opt
     """Export a run as ``savedmodel`` or ``tflite`` into folder ``out`` (see ``mnistlab export --help``)."""
     from mnistlab import export
 
+    _quiet_tensorflow()
     return export.export(run, fmt, out, **options)
 
 
@@ -141,4 +146,42 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None) -
     """The run's self-contained HTML report (default ``RUN/report.html``)."""
     from mnistlab import analysis, report
 
+    _quiet_tensorflow()
     return report.write_report(analysis.Run(run), out)
+
+
+def preprocess_image(picture: Any) -> Any:
+    """The 28 x 28 input the model sees for a picture (a path, its bytes, or a grey array):
+    MNIST's own recipe (light ink on black, 20 px box, centre of mass in the middle).
+
+    >>> mnistlab.preprocess_image("my_seven.jpg").shape
+    (28, 28, 1)
+    """
+    import numpy as np
+
+    from mnistlab import preprocess
+
+    if isinstance(picture, np.ndarray):
+        return preprocess.to_mnist(np.asarray(picture, np.float32))
+    return preprocess.preprocess(picture)
+
+
+def evaluate_robustness(runs: Sequence[str | os.PathLike], sets: Sequence[str] = (), n: int = 2000,
+                        levels: Sequence[str] = (), held_out: bool = True, data_dir: str | None = None) -> Any:
+    """Accuracy of each run on the shift sets (stroke width, resolution, slant, drawn, photos, fonts,
+    other writers): ``{run: [row, ...]}``; ``mnistlab.robustness.table(result)`` prints it.
+
+    >>> mnistlab.evaluate_robustness(["runs/cnn"], sets=["clean", "thick-moderate"], n=500)
+    """
+    from mnistlab import robustness
+    from mnistlab.data import DataConfig
+
+    config = robustness.RobustConfig(n=n, sets=tuple(sets), levels=tuple(levels), held_out=held_out)
+    return robustness.run([str(r) for r in runs], config, DataConfig(data_dir=data_dir))
+
+
+def _quiet_tensorflow() -> None:
+    """Load TensorFlow with its C++ start-up lines muted (they would fill a notebook's output)."""
+    from mnistlab import runtime
+
+    runtime.import_tensorflow_quietly()

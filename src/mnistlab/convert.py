@@ -7,9 +7,11 @@ takes the folder as an argument), so ``runs.RunFolder.convert_to_tflite`` can ca
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mnistlab import fileio
 from mnistlab.errors import MnistlabError
@@ -17,6 +19,18 @@ from mnistlab.inference import INPUT_SHAPE, TFLITE_FILE, Predictor, compile_infe
 from mnistlab.modelcheck import first_line
 
 TFLITE_TOLERANCE = 1e-5  # largest probability difference at which model.tflite may answer for model.keras
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger() -> Iterator[None]:
+    """Hide TensorFlow's Python INFO lines ("Assets written to ...") while converting."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def write_saved_model(model: Any, folder: Path) -> None:
@@ -35,7 +49,7 @@ def tflite_bytes(model: Any, quantize: str | None = None, calibration: Any = Non
     import numpy as np
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="mnistlab-tflite-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mnistlab-tflite-") as tmp, _quiet_tensorflow_logger():
         write_saved_model(model, Path(tmp) / "saved")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved"))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

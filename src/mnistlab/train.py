@@ -44,7 +44,7 @@ from mnistlab.runs import Checkpoints, RunFolder
 CHUNK_STEPS = 50  # mini-batches per compiled call: amortises Python overhead, keeps Ctrl-C responsive
 AUGMENT_STREAM, DROPOUT_STREAM = 1, 100  # fold_in salts: one random stream per use, per step
 # TrainConfig fields a resumed run may change: display, bookkeeping, and the devices it runs on
-RESUMABLE = ("progress", "tensorboard", "keep_checkpoints", "strategy", "cpu_replicas", "threads")
+RESUMABLE = ("progress", "tensorboard", "keep_checkpoints", "strategy", "cpu_replicas", "threads", "tflite")
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "resolve_recipe", "plan_chunks",
            "learning_rate_at", "OPTIMIZERS", "SCHEDULES"]
 
@@ -66,6 +66,8 @@ class TrainConfig:
                            choices=distribute.STRATEGIES)
     cpu_replicas: int = option(2, "--strategy mirrored without GPUs: logical CPU devices to split the batch over",
                                check=(lambda v: 1 <= v <= 64, "an integer 1 .. 64"))
+    tflite: bool = option(True, "also write model.tflite (checked against model.keras on the test images): "
+                                "predict and serve then answer without loading TensorFlow")
     threads: int = option(0, "CPU threads for TensorFlow's operations (0 = every core this process may use)",
                           check=(lambda v: 0 <= v <= 1024, "an integer 0 .. 1024"))
     precision: str = option("float32", "compute precision: float32, mixed_bfloat16 (CPUs with AVX512_BF16/AMX), "
@@ -792,5 +794,8 @@ def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history
     if calibration:
         log(f"Calibrated: temperature {temperature:.3f} (fitted on validation); test ECE "
             f"{test.ece_uncalibrated:.2%} -> {test.ece:.2%}")
-    folder.convert_to_tflite(model, data.test.images, log)  # predict/serve answer from it without TensorFlow
+    if settings.train.tflite:
+        folder.convert_to_tflite(model, data.test.images, log)  # predict/serve answer from it without TensorFlow
+    else:
+        folder.remove_tflite()  # an older one no longer matches model.keras
     return TrainResult(folder.path, history, metrics, timing)
