@@ -434,3 +434,22 @@ def test_cli_resume_refuses_flags_before_loading_data(tmp_path, capsys, monkeypa
     assert "--dataset fashion-mnist (the run used mnist)" in capsys.readouterr().err
     assert cli.main(["train", "--resume", "--out", str(run), "--learning-rate", "0.1"]) == 2
     assert "--learning-rate 0.1 (the run's recipe has 0.002)" in capsys.readouterr().err
+
+
+def test_ema_ends_with_the_moving_average_of_the_weights(data, tmp_path):
+    """--ema 0.9: the saved model is Keras' moving average, not the last step's weights, and it
+    differs from a run without it; validation of the last epoch already uses it."""
+    import keras
+
+    plain = train("mlp", data, tmp_path / "plain", TrainConfig(seed=2, **NO_TB), dict(epochs=2, batch_size=32),
+                  log=[].append)
+    averaged = train("mlp", data, tmp_path / "ema", TrainConfig(seed=2, **NO_TB), dict(epochs=2, batch_size=32,
+                     ema=0.9), log=[].append)
+    a = keras.saving.load_model(tmp_path / "plain" / "model.keras").get_weights()
+    b = keras.saving.load_model(tmp_path / "ema" / "model.keras").get_weights()
+    assert any(not np.array_equal(x, y) for x, y in zip(a, b))
+    assert averaged.history[0]["val_loss"] == plain.history[0]["val_loss"]  # same steps; raw weights until the end
+    assert averaged.history[-1]["val_loss"] != plain.history[-1]["val_loss"]
+    assert averaged.metrics["test_accuracy"] > 0.8
+    with pytest.raises(MnistlabError, match="--ema 1.0"):
+        train("mlp", data, tmp_path / "bad", TrainConfig(), dict(ema=1.0), log=[].append)

@@ -160,12 +160,16 @@ class Recipe:
                                   "(also slant, aspect, pen width, low resolution, blur, noise), none",
                           choices=AUGMENTATIONS)
     clean_epochs: int = option(0, "with --augment: train the last N epochs on the images as they are", check=NON_NEGATIVE)
+    ema: float = option(0.0, "keep an exponential moving average of the weights with this momentum (e.g. 0.99) "
+                             "and end with it; 0 = off", check=FRACTION)
 
     def summary(self) -> str:
         """One line: ``adamw 0.004 (onecycle), batch 128, 8 epochs, label smoothing 0.1``."""
         length = f"{self.steps} steps" if self.steps else f"{self.epochs} epochs"
         extras = [f"{name.replace('_', ' ')} {value:g}" for name, value in
                   (("weight_decay", self.weight_decay), ("label_smoothing", self.label_smoothing)) if value]
+        if self.ema:
+            extras.append(f"weight average {self.ema:g}")
         if self.optimizer in ("rmsprop", "momentum"):
             extras.insert(0, f"rho {self.rho:g}")
         if self.schedule == "step":

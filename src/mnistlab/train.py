@@ -286,18 +286,20 @@ def _optimizer(recipe: Recipe, plan: Plan) -> Any:
             return {}
 
     lr = Schedule() if recipe.schedule != "constant" else recipe.learning_rate
+    # Keras keeps the moving average of the weights itself (use_ema); finalize_variable_values puts it in
+    ema = {"use_ema": True, "ema_momentum": recipe.ema} if recipe.ema else {}
     name = recipe.optimizer
     if name == "sgd":
-        return keras.optimizers.SGD(lr)
+        return keras.optimizers.SGD(lr, **ema)
     if name == "momentum":
-        return keras.optimizers.SGD(lr, momentum=recipe.rho, nesterov=True)
+        return keras.optimizers.SGD(lr, momentum=recipe.rho, nesterov=True, **ema)
     if name == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **ema)
     if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
+        return keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay, **ema)
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, rho=recipe.rho)
-    return keras.optimizers.Adadelta(lr, rho=0.9, epsilon=1e-6)  # pytorch/examples' Adadelta
+        return keras.optimizers.RMSprop(lr, rho=recipe.rho, **ema)
+    return keras.optimizers.Adadelta(lr, rho=0.9, epsilon=1e-6, **ema)  # pytorch/examples' Adadelta
 
 
 # ---------------------------------------------------------------------------- state and step
@@ -667,6 +669,8 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
                     _save_interrupted(folder, checkpoints, state, plan, clock, log)
                     raise _Stopped
                 seconds = clock.end_epoch()
+                if epoch + 1 == plan.epochs:  # with --ema, the averaged weights are the model from here on
+                    state.optimizer.finalize_variable_values(model.trainable_variables)
                 row = _epoch_row(epoch, state, plan, settings.recipe, evaluate_split, model, data, infer)
                 history.append(row)
                 state.epoch.assign(epoch + 1)
