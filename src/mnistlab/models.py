@@ -237,10 +237,13 @@ MODELS: dict[str, ModelSpec] = {
         convnet, dict(filters=(32, 64, 128), kernel_size=3, fc_units=(), batchnorm=True, dropout=0.0,
                       conv_dropout=0.0),
         course=Recipe("adam", 1e-3, 128, epochs=10),
-        default=Recipe("adamw", 4e-3, 128, epochs=8, schedule="onecycle", weight_decay=0.05,
-                       label_smoothing=0.1),
+        # Robust to other people's handwriting (benchmarks/bench_robust.py): the 'robust' augmentation for
+        # 8 epochs, then 2 on the images as they are. Seeds 0/1: 99.56/99.58 % MNIST test, every moderate
+        # shift set >= 98.2 %, other writers (held out) 98.0/97.7 % (8 plain epochs: 99.48 %, 95.7 %).
+        default=Recipe("adamw", 4e-3, 128, epochs=10, schedule="onecycle", weight_decay=0.05,
+                       label_smoothing=0.1, augment="robust", clean_epochs=2),
         course_accuracy=None, source="mnistlab",
-        description="default: 3x (conv3x3 BN relu pool) 32/64/128 -> 10, one-cycle AdamW"),
+        description="default: 3x (conv3x3 BN relu pool) 32/64/128 -> 10, one-cycle AdamW, robust augmentation"),
     # Time-to-99% on a 2-core CPU (benchmarks/bench_fast.py, --ablations for each choice): no batch
     # norm (it doubled the epoch here), narrow 3x3 convs with a pool after each so most work runs at
     # 14x14 and 7x7, one epoch of one-cycle Adam at a high peak rate (99.07-99.23% test, seeds 0-2).
