@@ -679,6 +679,22 @@ def test_pieces_of_runs_match_a_flood_fill(diagonal):
         assert all(first.setdefault(label, i) == label for i, label in enumerate(pieces.tolist()))
 
 
+def test_main_strokes_keep_what_the_reference_kept():
+    """Strokes with specks around them (dropped), several big pieces (kept), one piece (kept
+    whole): the same mask as the reference's, and the box of what is kept."""
+    rng = np.random.default_rng(15)
+    for case in range(40):
+        mask = np.asarray(draw([SEVEN, FOUR, ZERO, EIGHT][case % 4], size=(64, 56), box=(4, 4, 48)), np.float32) < 128
+        mask |= rng.random(mask.shape) < [0, 0.002, 0.01, 0.03][case % 4]  # specks
+        if case % 5 == 0:
+            mask[:, : mask.shape[1] // 2] = False  # half a digit: pieces of any size
+        kept, box = preprocess._main_strokes(mask, "mask")
+        want = ref_main_strokes(mask, "mask")
+        np.testing.assert_array_equal(kept, want)
+        rows, cols = np.nonzero(want)
+        assert box == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+
+
 def test_percentiles_and_medians_are_numpys_to_the_bit():
     rng = np.random.default_rng(13)
     for case in range(400):
