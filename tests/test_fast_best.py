@@ -34,7 +34,7 @@ def test_recipe_builds_and_trains_a_few_steps(name, data, tmp_path):
                    log=[].append)
     assert result.metrics["steps"] == 3 and np.isfinite(result.history[-1]["train_loss"])
     saved = RunFolder(tmp_path / name).read_config()["recipe"]
-    assert saved["augment"] == ("affine" if name == "best" else "none") and saved["schedule"] == "onecycle"
+    assert saved["augment"] == ("robust" if name == "best" else "none") and saved["schedule"] == "onecycle"
 
 
 def test_average_probabilities_matches_numpy():
