@@ -95,11 +95,12 @@ def keras_io_time_to_99(run: dict, epochs_to_99: int) -> float:
 
 
 def run_fast(ds, seed: int, out: Path, arch: dict | None = None, recipe: dict | None = None,
-             label: str | None = None, precision: str = "float32") -> dict:
+             label: str | None = None, precision: str | None = None) -> dict:
     """Train ``fast`` (with overrides); per-epoch seconds and test accuracy, and its time to 99%."""
     from mnistlab import runs, train
 
-    train.train("fast", ds, out, train.TrainConfig(seed=seed, tensorboard=False, progress=False, precision=precision),
+    recipe = {**({"precision": precision} if precision else {}), **(recipe or {})}
+    train.train("fast", ds, out, train.TrainConfig(seed=seed, tensorboard=False, progress=False, tflite=False),
                 recipe, arch, log=lambda line: None)
     folder = runs.RunFolder(out)
     rows, seconds = folder.read_history(), folder.read_timing()["epoch_seconds"]
@@ -143,7 +144,7 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="folder with MNIST (else $MNISTLAB_DATA_DIR / cache)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for `fast`")
-    parser.add_argument("--precision", default="float32", help="`fast`'s --precision (e.g. mixed_bfloat16)")
+    parser.add_argument("--precision", default=None, help="override `fast`'s --precision (its recipe: auto)")
     parser.add_argument("--skip-baseline", action="store_true", help="time only `fast`")
     parser.add_argument("--ablations", action="store_true",
                         help="also train `fast` with one design choice changed at a time (first seed)")

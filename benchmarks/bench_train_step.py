@@ -41,7 +41,8 @@ def make_runner(name: str, variant: str, precision: str, x, y, batch: int):
 
     keras.utils.set_random_seed(0)
     n = int(x.shape[0])
-    recipe = dataclasses.replace(models.recipe(name), batch_size=batch, epochs=1, steps=0, augment="none")
+    recipe = dataclasses.replace(models.recipe(name), batch_size=batch, epochs=1, steps=0, augment="none",
+                                 precision=precision)
     plan = train.Plan(n, batch, n // batch)
     with distribute.dtype_policy(precision):
         model = models.build(name)
@@ -72,12 +73,11 @@ def accuracy_runs(names: list[str], precisions: list[str], data_dir: str | None,
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
         for name in names:
-            recipe = {} if name == "fast" else {"epochs": epochs}  # fast: its own one-epoch recipe
+            length = {} if name == "fast" else {"epochs": epochs}  # fast: its own one-epoch recipe
             for precision in precisions:
                 out = Path(tmp) / f"{name}-{precision}"
-                result = train.train(name, ds, out, train.TrainConfig(precision=precision, progress=False,
-                                                                       tensorboard=False, tflite=False),
-                                     recipe, log=lambda line: None)
+                result = train.train(name, ds, out, train.TrainConfig(progress=False, tensorboard=False, tflite=False),
+                                     {**length, "precision": precision}, log=lambda line: None)
                 seconds = runs.RunFolder(out).read_timing()["epoch_seconds"]
                 rows.append([name, precision, f"{len(seconds)}", f"{statistics.median(seconds):.1f}",
                              f"{result.metrics['test_accuracy']:.2%}"])

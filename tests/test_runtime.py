@@ -50,3 +50,14 @@ def test_cpu_count_without_sched_getaffinity(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert runtime.cpu_count() == 1
     assert runtime.onednn_setting() in ("on", "off", "TensorFlow's choice")
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only laptop
+    assert runtime.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert runtime.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    assert runtime.resolve_precision("auto") == "mixed_bfloat16"
+    assert runtime.resolve_precision("mixed_float16") == "mixed_float16"  # asked for: as given
+    assert runtime.resolve_precision("float32") == "float32"

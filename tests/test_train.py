@@ -453,3 +453,14 @@ def test_ema_ends_with_the_moving_average_of_the_weights(data, tmp_path):
     assert averaged.metrics["test_accuracy"] > 0.8
     with pytest.raises(MnistlabError, match="--ema 1.0"):
         train("mlp", data, tmp_path / "bad", TrainConfig(), dict(ema=1.0), log=[].append)
+
+
+def test_first_stride_replaces_the_first_stages_pooling():
+    model = models.build("fast")
+    kinds = [(l.__class__.__name__, getattr(l, "strides", None)) for l in model.layers]
+    assert kinds[0] == ("Conv2D", (2, 2)) and kinds[1] == ("Conv2D", (1, 1))  # no pooling after the stem
+    assert [k for k, _ in kinds].count("MaxPooling2D") == 2
+    assert model.layers[-1].output.shape[1:] == (10,)
+    assert models.build("cnn-hvass", first_stride=2).count_params() == models.build("cnn-hvass").count_params()
+    with pytest.raises(MnistlabError, match="--first-stride 3"):
+        models.build("fast", first_stride=3)

@@ -35,6 +35,31 @@ def onednn_setting() -> str:
     return "on" if value.strip().lower() in ("1", "true", "yes", "on") else "off"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bfloat16() -> bool:
+    """True on CPUs that compute bfloat16 in hardware (AVX512_BF16 or AMX-BF16): only there does
+    mixed_bfloat16 pay (emulated, it has been many times slower than float32)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``mixed_bfloat16`` where the CPU has native bfloat16, else ``float32``; others as given."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if native_bfloat16() else "float32"
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (``sched_getaffinity`` where the OS has it: Linux)."""
     if hasattr(os, "sched_getaffinity"):

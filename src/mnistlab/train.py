@@ -70,9 +70,6 @@ class TrainConfig:
                                 "predict and serve then answer without loading TensorFlow")
     threads: int = option(0, "CPU threads for TensorFlow's operations (0 = every core this process may use)",
                           check=(lambda v: 0 <= v <= 1024, "an integer 0 .. 1024"))
-    precision: str = option("float32", "compute precision: float32, mixed_bfloat16 (CPUs with AVX512_BF16/AMX), "
-                                       "mixed_float16 (GPUs); logits and loss stay float32",
-                            choices=distribute.PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -613,7 +610,8 @@ def train(model_name: str | None, data: Dataset, out: str | Path, config: TrainC
         if not chief:
             log = _silent  # one voice: the chief's
         log(f"{settings.model}: {settings.recipe.summary()}, seed {settings.train.seed}"
-            + (f", {settings.train.precision}" if settings.train.precision != "float32" else "")
+            + (f" ({runtime.resolve_precision(settings.recipe.precision)} here)"
+               if settings.recipe.precision == "auto" else "")
             + (f", {strategy.num_replicas_in_sync} replicas" if strategy.num_replicas_in_sync > 1 else "")
             + (" (resuming)" if resume else ""))
         result = _train(settings, folder, writes, strategy, data, resume, log, on_chunk)
@@ -644,9 +642,10 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
     import tensorflow as tf
 
     plan = Plan.of(settings.recipe, len(data.train))
-    with strategy.scope(), distribute.dtype_policy(settings.train.precision):
+    precision = runtime.resolve_precision(settings.recipe.precision)
+    with strategy.scope(), distribute.dtype_policy(precision):
         model = models.build(settings.model, **settings.arch)
-        optimizer = make_optimizer(settings.recipe, plan, settings.train.precision)
+        optimizer = make_optimizer(settings.recipe, plan, precision)
         optimizer.build(model.trainable_variables)
         state = TrainingState(model, optimizer)
     checkpoints = Checkpoints(writes, state.trackables(), settings.train.keep_checkpoints, read_from=folder)
@@ -744,7 +743,7 @@ def _save_interrupted(folder: RunFolder, checkpoints: Checkpoints, state: Traini
 def float32_model(settings: Settings, model: Any) -> Any:
     """The trained model as users get it: float32 (a mixed-precision model is rebuilt in float32
     and given the same weights, which mixed precision keeps in float32 anyway)."""
-    if settings.train.precision == "float32":
+    if runtime.resolve_precision(settings.recipe.precision) == "float32":
         return model
     with distribute.dtype_policy("float32"):
         copy = models.build(settings.model, **settings.arch)
