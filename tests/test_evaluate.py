@@ -105,7 +105,7 @@ def test_cli_train_evaluate_models(tiny_dir, tmp_path, capsys):
     listing = capsys.readouterr().out
     names = [line.split()[0] for line in listing.splitlines() if not line.startswith(" ")]
     assert names == ["softmax", "mlp", "mlp-sigmoid", "mlp2", "cnn-hvass", "cnn-deep", "cnn3", "cnn", "fast", "best"]
-    assert "mnistlab: adamw 0.004 (onecycle), batch 128, 8 epochs" in listing  # cnn's own recipe
+    assert "mnistlab: adamw 0.004 (onecycle), batch 128, 10 epochs" in listing  # cnn's own recipe
     assert "course:   rmsprop 0.001 (constant), batch 128, 10 epochs, rho 0.9" in listing  # mlp2's, from S0
     assert "7,850" in listing  # softmax: 784*10 + 10
 

@@ -571,10 +571,10 @@ def regression_pictures() -> list[tuple[str, bytes]]:
 
 
 def outcome(recipe, grey: np.ndarray, name: str):
-    """The recipe's input for ``grey``, or its refusal's message."""
+    """The recipe's input for ``grey``, or its refusal's message (no digit, unreadable pixels)."""
     try:
         return recipe(grey, name)
-    except preprocess.NoDigitFound as exc:
+    except (preprocess.NoDigitFound, preprocess.UnreadableImage) as exc:
         return str(exc)
 
 
