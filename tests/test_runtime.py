@@ -61,3 +61,8 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
     assert runtime.resolve_precision("auto") == "mixed_bfloat16"
     assert runtime.resolve_precision("mixed_float16") == "mixed_float16"  # asked for: as given
     assert runtime.resolve_precision("float32") == "float32"
+    monkeypatch.setenv(runtime.ONEDNN_ENV, "0")  # the user turned oneDNN off: Eigen would emulate bfloat16
+    assert runtime.resolve_precision("auto") == "float32"
+    assert runtime.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"  # asked for: as given
+    monkeypatch.setenv(runtime.ONEDNN_ENV, "1")
+    assert runtime.resolve_precision("auto") == "mixed_bfloat16"

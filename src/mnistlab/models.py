@@ -176,7 +176,7 @@ class Recipe:
 
     def summary(self) -> str:
         """One line: ``adamw 0.004 (onecycle), batch 128, 8 epochs, label smoothing 0.1``."""
-        length = f"{self.steps} steps" if self.steps else f"{self.epochs} epochs"
+        length = f"{self.steps} steps" if self.steps else f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
         extras = [f"{name.replace('_', ' ')} {value:g}" for name, value in
                   (("weight_decay", self.weight_decay), ("label_smoothing", self.label_smoothing)) if value]
         if self.ema:

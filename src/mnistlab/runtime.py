@@ -54,10 +54,12 @@ def native_bfloat16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``mixed_bfloat16`` where the CPU has native bfloat16, else ``float32``; others as given."""
+    """``auto`` -> ``mixed_bfloat16`` where the CPU has native bfloat16 and oneDNN (which computes it)
+    is not turned off, else ``float32``; others as given. With ``TF_ENABLE_ONEDNN_OPTS=0`` TensorFlow's
+    Eigen kernels emulate bfloat16: ``fast`` took 112 s an epoch against 3.2 s (AMX Xeon)."""
     if precision != "auto":
         return precision
-    return "mixed_bfloat16" if native_bfloat16() else "float32"
+    return "mixed_bfloat16" if native_bfloat16() and onednn_setting() != "off" else "float32"
 
 
 def cpu_count() -> int:
