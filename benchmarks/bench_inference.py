@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine, table
+from _common import describe, machine, table
 
 BATCH = 1000  # images per call for throughput
 SINGLE_CALLS = 300  # one-image calls timed for the latency percentiles
@@ -178,7 +178,7 @@ def main() -> None:
                              f"{r['images_per_s']:,.0f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
                              f"{accuracy:.2%}", change])
                 print(rows[-1], flush=True)
-    print(f"\n{info['date']}  {info['cpu']}  {info['cores']} cores  load {info['load_average']}  TF {info['tensorflow']}")
+    print(f"\n{describe(info)}")
     print(table(["model", "engine", "params", "file bytes", f"images/s (batch {BATCH})", "1-image p50 ms",
                  "1-image p99 ms", "test accuracy", "change (points)"], rows))
     if not args.skip_memory:

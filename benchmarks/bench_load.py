@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 
+from _common import cpu_model_and_flags
 from mnistlab import data
 
 TARGET_S = 0.5  # median wall time of one load, seconds
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: give --data-dir or set ${data.DATA_DIR_ENV}", file=sys.stderr)
         return 2
     config = data.DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=False)
-    print(f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+    cpu, simd = cpu_model_and_flags()  # no TensorFlow here: loading the data does not need it
+    print(f"{cpu} ({' '.join(simd) or 'no AVX2'}), {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load of {args.dataset} from {args.data_dir}, machine load average {load_average()}")
     times, cpus = [], []
     for run in range(1, args.runs + 1):

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import machine, table
+from _common import describe, machine, table
 
 SERVE_DEADLINE_S = 300.0  # a safety net: a server that never answers ends the measurement
 POLL_S = 0.02
@@ -195,8 +195,7 @@ def main() -> None:
                                    f"{statistics.median(workers):.0f}" if workers else "-"])
     launcher.close()
     info = machine()
-    print(f"\n{info['date']}  {info['cpu']}  {info['cores']} cores  load {info['load_average']}  "
-          f"TF {info['tensorflow']}  repeats {args.repeats}")
+    print(f"\n{describe(info)}  repeats {args.repeats}")
     print(table(["command", "engine", "median wall s", "median peak RSS MiB"], rows))
     if serve_rows:
         print()
