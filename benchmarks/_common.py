@@ -21,7 +21,7 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
         return platform.processor() or platform.machine(), []
     lines = info.read_text().splitlines()
     model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), platform.processor())
-    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
+    flags = runtime.cpu_flags()  # the same flags `precision auto` decides by
     return model, [f for f in SIMD_FLAGS if f in flags]
 
 

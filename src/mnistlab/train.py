@@ -743,7 +743,7 @@ def _save_interrupted(folder: RunFolder, checkpoints: Checkpoints, state: Traini
 def float32_model(settings: Settings, model: Any) -> Any:
     """The trained model as users get it: float32 (a mixed-precision model is rebuilt in float32
     and given the same weights, which mixed precision keeps in float32 anyway)."""
-    if runtime.resolve_precision(settings.recipe.precision) == "float32":
+    if model.dtype_policy.name == "float32":  # the policy it was built under
         return model
     with distribute.dtype_policy("float32"):
         copy = models.build(settings.model, **settings.arch)
