@@ -120,11 +120,15 @@ def run_fast(ds, seed: int, out: Path, arch: dict | None = None, recipe: dict | 
 # One change to `fast` at a time: (label, architecture overrides, recipe overrides).
 ABLATIONS = (
     ("float32 (no bfloat16)", {}, {"precision": "float32"}),
+    ("no shift average", {"shift_average": False}, {}),
+    ("a whole epoch, no shift average (fast of 2026-12-01)", {"shift_average": False}, {"epochs": 1}),
     ("pooled 28x28 stage instead of the stride-2 stem", {"first_stride": 1}, {}),
-    ("both: the previous fast (float32, pooled stem)", {"first_stride": 1}, {"precision": "float32"}),
+    ("fast of 2026-11: float32, pooled stem, whole epoch, no shift average",
+     {"first_stride": 1, "shift_average": False}, {"precision": "float32", "epochs": 1}),
+    ("340 steps", {}, {"steps": 340}),
     ("peak learning rate 0.01", {}, {"learning_rate": 1e-2}),
     ("no label smoothing", {}, {"label_smoothing": 0.0}),
-    ("batch 256", {}, {"batch_size": 256}),
+    ("batch 256 (190 steps: as many images)", {}, {"batch_size": 256, "steps": 190}),
     ("filters 12/24/48", {"filters": (12, 24, 48)}, {}),
     ("stride-2 convs instead of every pooling", {"pooling": "stride"}, {}),
     ("weight average (ema 0.99)", {}, {"ema": 0.99}),

@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
                    help="extra clients sending 3,460 x 3,460 RGBA PNGs meanwhile (not measured)")
     p.add_argument("--target-p99-ms", type=float, default=50.0, help="p99 latency target, ms")
     p.add_argument("--server-args", default="", help="extra `mnistlab serve` options, e.g. '--batch-wait-ms 2'")
-    p.add_argument("--profile", default=None, metavar="FILE.svg",
+    p.add_argument("--profile", default=None, metavar="FILE.svg|FILE.txt",
                    help="record the server with py-spy (pip install py-spy) during the first count's measuring")
     p.add_argument("--json-out", default=None, help="also write the results as JSON to this file")
     return p.parse_args()
@@ -327,7 +327,8 @@ def start_profile(out: str | None, pid: int, seconds: float) -> subprocess.Popen
     if spy is None:
         raise SystemExit("--profile needs py-spy: pip install py-spy")
     return subprocess.Popen([spy, "record", "-o", out, "--pid", str(pid), "--subprocesses", "--nonblocking",
-                             "--duration", str(max(1, int(seconds))), "--rate", "200"],
+                             "--duration", str(max(1, int(seconds))), "--rate", "200",
+                             *(["--format", "raw"] if out.endswith(".txt") else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -192,6 +192,49 @@ def test_layers_outside_the_allowlist_are_named(tmp_path: Path, layer: dict, mes
         load_predictor(_write_keras(tmp_path / "odd.keras", config))
 
 
+def _tensor_references(config):
+    """Every ``__keras_tensor__`` entry of a functional model's config (the wiring between layers)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == modelcheck.KERAS_TENSOR:
+            yield config
+        for value in config.values():
+            yield from _tensor_references(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _tensor_references(value)
+
+
+def test_a_functional_models_wiring_loads_and_nothing_else_in_its_place(tmp_path: Path):
+    """A shift-average model is functional: its config says which layer's output feeds each layer
+    (``__keras_tensor__`` entries). Such a model loads and answers as saved; the same entry holding
+    anything beyond a layer output's name, shape and dtype, or a ``__lambda__``, is refused."""
+    import keras
+
+    from mnistlab import models
+
+    model = models.build("fast", seed=SEED, filters=(2, 2, 2))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(load_predictor(path).logits(x), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members.pop("config.json"))
+    members.pop("metadata.json")  # _write_keras writes its own
+    assert len(list(_tensor_references(config))) >= 6  # input -> 4 shifts and the network, 5 views -> average
+    for tamper, message in [
+        (lambda ref: ref["config"].update(code="import os"), "holds more than a layer output's name, shape and dtype"),
+        (lambda ref: ref["config"].update(keras_history=["input_layer", "0", 0]), "holds more than a layer output"),
+        (lambda ref: ref.update(module="builtins"), "object is builtins.__keras_tensor__"),
+        (lambda ref: ref.update(class_name="__lambda__"), r"object is __lambda__ \(a Python function\)"),
+    ]:
+        changed = json.loads(json.dumps(config))
+        tamper(next(_tensor_references(changed)))
+        odd = _write_keras(tmp_path / "odd.keras", changed, members)
+        with pytest.raises(MnistlabError, match=f"odd.keras: refused, .*{message}"):
+            load_predictor(odd)
+
+
 def test_keras_own_refusals_name_the_layer_class_and_the_reason(tmp_path: Path):
     """Not Keras' outer "<class Sequential> could not be deserialized properly"."""
     config = _small_config()

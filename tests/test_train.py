@@ -12,6 +12,7 @@ import pytest
 
 from mnistlab import models, train as train_module
 from mnistlab.errors import MnistlabError
+from mnistlab.inference import predict_logits
 from mnistlab.runs import RunFolder
 from mnistlab.train import Chunk, TrainConfig, TrainingDiverged, learning_rate_at, plan_chunks, train
 from synthetic import synthetic_dataset
@@ -455,8 +456,48 @@ def test_ema_ends_with_the_moving_average_of_the_weights(data, tmp_path):
         train("mlp", data, tmp_path / "bad", TrainConfig(), dict(ema=1.0), log=[].append)
 
 
+def test_shift_average_answers_with_the_mean_over_one_pixel_shifts():
+    import keras
+
+    model = models.build("fast", seed=0)
+    network = models.network_of(model)
+    assert network is not model and network.name == models.NETWORK
+    assert not [v for v in model.trainable_variables if all(v is not w for w in network.trainable_variables)]
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    x[:, [0, -1]] = 0
+    x[:, :, [0, -1]] = 0  # MNIST's black border: np.roll then brings in zeros, as a shift does
+    views = [x] + [np.roll(x, shift, axis=(1, 2)) for shift in models.SHIFTS]
+    expected = np.mean([keras.ops.convert_to_numpy(network(v)) for v in views], axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), expected, atol=1e-5)
+    assert sorted(models.SHIFTS) == [(-1, 0), (0, -1), (0, 1), (1, 0)]
+    plain = models.build("fast", shift_average=False)
+    assert models.network_of(plain) is plain
+
+
+def test_a_shift_average_run_trains_the_same_network_and_answers_with_the_average(data, tmp_path):
+    """Training sees the network alone: with the same seed its weights are bit for bit those of a
+    run without the shift average; validation, the saved model and the test figures use the average."""
+    import keras
+
+    results = {avg: train("fast", data, tmp_path / f"avg-{avg}", TrainConfig(seed=3, **NO_TB),
+                          dict(steps=12, batch_size=32), dict(filters=(4, 8, 8), shift_average=avg), log=[].append)
+               for avg in (False, True)}
+    plain = keras.saving.load_model(tmp_path / "avg-False" / "model.keras")
+    averaged = keras.saving.load_model(tmp_path / "avg-True" / "model.keras")
+    for a, b in zip(plain.get_weights(), models.network_of(averaged).get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert results[True].history[0]["train_loss"] == results[False].history[0]["train_loss"]
+    x = data.test.images.copy()
+    x[:, [0, -1]] = 0
+    x[:, :, [0, -1]] = 0  # a black border, so that np.roll shifts as the model does
+    views = [x] + [np.roll(x, shift, axis=(1, 2)) for shift in models.SHIFTS]
+    mean = np.mean([predict_logits(plain, v) for v in views], axis=0)
+    np.testing.assert_allclose(predict_logits(averaged, x), mean, atol=1e-4)
+    assert results[True].history[0]["val_loss"] != results[False].history[0]["val_loss"]
+
+
 def test_first_stride_replaces_the_first_stages_pooling():
-    model = models.build("fast")
+    model = models.network_of(models.build("fast"))
     kinds = [(l.__class__.__name__, getattr(l, "strides", None)) for l in model.layers]
     assert kinds[0] == ("Conv2D", (2, 2)) and kinds[1] == ("Conv2D", (1, 1))  # no pooling after the stem
     assert [k for k, _ in kinds].count("MaxPooling2D") == 2

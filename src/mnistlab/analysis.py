@@ -76,6 +76,13 @@ class Run:
         """``model.keras``, loaded with Keras' ``safe_mode``."""
         return load_model(self.folder)
 
+    @property
+    def network(self):
+        """The network inside the model, whose layers the plots look into (``models.network_of``)."""
+        from mnistlab.models import network_of
+
+        return network_of(self.model)
+
     @cached_property
     def metrics(self) -> dict:
         return self.files.read_metrics()
@@ -136,12 +143,12 @@ class Run:
     def conv_layers(self) -> list:
         import keras
 
-        return [layer for layer in self.model.layers if isinstance(layer, keras.layers.Conv2D)]
+        return [layer for layer in self.network.layers if isinstance(layer, keras.layers.Conv2D)]
 
     def conv_layer(self, spec: str | int) -> tuple[int, Any]:
         """Resolve ``--layer``: a number 1..K over the Conv2D layers, or a layer name."""
         convs = self.conv_layers()
-        kinds = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in self.model.layers)
+        kinds = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in self.network.layers)
         if not convs:
             raise MnistlabError(f"--layer: model {self.name!r} has no Conv2D layer ({kinds}); "
                                 f"filters and feature-maps need a conv model")
@@ -153,7 +160,7 @@ class Run:
                 return number, convs[number - 1]
             raise MnistlabError(f"--layer {text}: not a conv layer number; expected 1..{len(convs)}, "
                                 f"counting the Conv2D layers in order: {valid}")
-        for layer in self.model.layers:
+        for layer in self.network.layers:
             if layer.name == text:
                 if layer in convs:
                     return convs.index(layer) + 1, layer
@@ -168,7 +175,7 @@ class Run:
         follow = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU,
                   keras.layers.LeakyReLU, keras.layers.ELU, keras.layers.PReLU,
                   keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-        layers = list(self.model.layers)
+        layers = list(self.network.layers)
         block = [conv]
         for layer in layers[layers.index(conv) + 1:]:
             if not isinstance(layer, follow):
@@ -182,7 +189,7 @@ class Run:
 
         block = self.conv_block(conv)
         try:
-            inputs = self.model.inputs
+            inputs = self.network.inputs
             probe = keras.Model(inputs[0] if len(inputs) == 1 else inputs, block[-1].output)
         except (AttributeError, ValueError, TypeError) as exc:
             raise MnistlabError(f"model {self.name!r}: cannot read its layer outputs ({exc}); "
@@ -194,7 +201,7 @@ class Run:
         """The ``(784, 10)`` kernel if the model is softmax regression (one Dense layer), else None."""
         import keras
 
-        weighted = [layer for layer in self.model.layers if layer.weights]
+        weighted = [layer for layer in self.network.layers if layer.weights]
         if len(weighted) == 1 and isinstance(weighted[0], keras.layers.Dense):
             kernel = keras.ops.convert_to_numpy(weighted[0].kernel)
             if kernel.shape == (INPUT_SHAPE[0] * INPUT_SHAPE[1], len(self.class_names)):
@@ -206,7 +213,7 @@ class Run:
         import keras
 
         return [(f"{layer.name} ({type(layer).__name__})", keras.ops.convert_to_numpy(w))
-                for layer in self.model.layers for w in layer.weights if len(w.shape) >= 2]
+                for layer in self.network.layers for w in layer.weights if len(w.shape) >= 2]
 
 
 def describe_conv(layer) -> str:

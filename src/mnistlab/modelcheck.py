@@ -32,6 +32,7 @@ inside the functions that need them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import re
@@ -81,6 +82,7 @@ KERAS_LAYERS = frozenset("""
     BatchNormalization LayerNormalization Activation ReLU LeakyReLU ELU PReLU Softmax Rescaling
     Add Concatenate Multiply Average Maximum ZeroPadding2D Identity
 """.split())
+KERAS_TENSOR = "__keras_tensor__"  # in a functional model's config: which layer output feeds a layer
 KERAS_SKIPPED_KEYS = ("compile_config",)  # never deserialized: models load with compile=False
 
 TFLITE_OPS = frozenset("""
@@ -209,6 +211,9 @@ def _check_keras_object(path: Path, obj: dict[str, Any]) -> None:
     name, module = obj.get("class_name"), obj.get("module")
     label = obj.get("config", {}).get("name") if isinstance(obj.get("config"), dict) else None
     label = f"{label!r} " if isinstance(label, str) else ""
+    if name == KERAS_TENSOR and module is None:
+        _check_tensor_reference(path, obj)
+        return
     if obj.get("registered_name") not in (None, name):
         raise refuse(path, f"object {label}is a user-registered class {obj['registered_name']!r} "
                            f"(custom code); expected Keras built-in layers only")
@@ -227,6 +232,19 @@ def _check_keras_object(path: Path, obj: dict[str, Any]) -> None:
     raise refuse(path, f"object {label}is {what}, not a Keras built-in this project loads")
 
 
+def _check_tensor_reference(path: Path, obj: dict[str, Any]) -> None:
+    """A functional model's wiring: "the output of layer L" (``keras_history``: name, node, tensor
+    index), with its shape and dtype. Keras looks the layer up by name; nothing is called. Any other
+    key or value is refused, so the name cannot smuggle in one of the ``__lambda__``-like objects."""
+    config, keys = obj.get("config"), set(obj) - {"class_name", "config", "module", "registered_name"}
+    history = config.get("keras_history") if isinstance(config, dict) else None
+    if (keys or obj.get("registered_name") is not None or not isinstance(config, dict)
+            or not set(config) <= {"shape", "dtype", "keras_history", "sparse", "ragged"}
+            or not (isinstance(history, list) and len(history) == 3 and isinstance(history[0], str)
+                    and all(isinstance(i, int) and not isinstance(i, bool) for i in history[1:]))):
+        raise refuse(path, f"a {KERAS_TENSOR} entry holds more than a layer output's name, shape and dtype")
+
+
 def keras_model_size(config: dict[str, Any]) -> tuple[int, int]:
     """``(weights, per-image activations)`` of the model ``config`` describes, in elements,
     found by building it in a Keras ``StatelessScope`` that never creates the weights."""
@@ -236,7 +254,8 @@ def keras_model_size(config: dict[str, Any]) -> tuple[int, int]:
     pending = list(global_state.get_global_attribute("uninitialized_variables", []) or [])
     try:
         with keras.StatelessScope(initialize_variables=False):
-            bare = {k: v for k, v in config.items() if k not in KERAS_SKIPPED_KEYS}
+            # a deep copy: Keras' deserialization pops entries out of a functional model's config
+            bare = copy.deepcopy({k: v for k, v in config.items() if k not in KERAS_SKIPPED_KEYS})
             model = keras.saving.deserialize_keras_object(bare, safe_mode=True)
             weights = sum(elements(v.shape) for v in model.weights)
             activations = 0
