@@ -205,6 +205,17 @@ def test_header_whose_shape_product_overflows_int64_is_rejected() -> None:
         idx.parse_idx(forged, "forged")
 
 
+def test_an_empty_header_whose_other_dimensions_overflow_is_one_line() -> None:
+    """Found by the fuzzer: 0 x 2**21 x 2**21 x 2**21 declares no bytes, but NumPy cannot make that
+    shape, so it used to raise its own ValueError; an empty split of real images still parses."""
+    forged = bytes([0, 0, 0x08, 4]) + struct.pack(">4I", 0, 1 << 21, 1 << 21, 1 << 21)
+    with pytest.raises(MnistlabError, match=r"forged: header claims shape \(0, 2097152, 2097152, 2097152\) "
+                                            r"\(0 bytes, 9223372036854775808 without its empty dimensions\), over"):
+        idx.parse_idx(forged, "forged")
+    empty = idx.parse_idx(idx.encode_idx(np.zeros((0, 28, 28), dtype=np.uint8)), "empty")
+    assert empty.shape == (0, 28, 28)
+
+
 def test_gzip_bomb_stops_at_the_declared_size() -> None:
     header = idx.encode_idx(np.zeros((1, 28, 28), dtype=np.uint8))
     bomb = gzip.compress(header + bytes(20 << 20), compresslevel=1)  # 20 MiB of zeros after one image
