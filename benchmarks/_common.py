@@ -31,13 +31,14 @@ def machine() -> dict[str, Any]:
 
     cpu, flags = cpu_model_and_flags()
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "simd": flags, "onednn": runtime.onednn_setting(),
-            "cores": runtime.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "onednn_isa_limit": runtime.onednn_isa_limit(), "cores": runtime.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "tensorflow": tf.__version__}
 
 
 def describe(info: dict[str, Any]) -> str:
     """One line to print beside every figure."""
-    return (f"{info['date']}  {info['cpu']} ({' '.join(info['simd']) or 'no AVX2'})  oneDNN {info['onednn']}  "
+    limit = f" (capped at {info['onednn_isa_limit']})" if info.get("onednn_isa_limit") else ""
+    return (f"{info['date']}  {info['cpu']} ({' '.join(info['simd']) or 'no AVX2'})  oneDNN {info['onednn']}{limit}  "
             f"{info['cores']} cores  load {info['load_average']}  TF {info['tensorflow']}")
 
 

@@ -66,3 +66,12 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
     assert runtime.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"  # asked for: as given
     monkeypatch.setenv(runtime.ONEDNN_ENV, "1")
     assert runtime.resolve_precision("auto") == "mixed_bfloat16"
+    for capped in ("AVX2", "avx512_core_vnni", "AVX2_VNNI_2"):  # oneDNN told to use less than bfloat16 needs
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", capped)
+        assert runtime.resolve_precision("auto") == "float32", capped
+    for kept in ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", kept)
+        assert runtime.resolve_precision("auto") == "mixed_bfloat16", kept
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # its older name
+    assert runtime.onednn_isa_limit() == "AVX2" and runtime.resolve_precision("auto") == "float32"

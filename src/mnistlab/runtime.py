@@ -47,9 +47,26 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+ISA_LIMIT_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN's cap on the instructions it uses
+ISA_LIMITS_WITH_BFLOAT16 = ("BF16", "AMX", "FP16", "AVX10", "ALL", "DEFAULT")  # caps that keep bfloat16
+
+
+def onednn_isa_limit() -> str | None:
+    """The instruction-set cap the user gave oneDNN (``ONEDNN_MAX_CPU_ISA=AVX2``), if any."""
+    for name in ISA_LIMIT_ENVS:
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return value
+    return None
+
+
 def native_bfloat16() -> bool:
-    """True on CPUs that compute bfloat16 in hardware (AVX512_BF16 or AMX-BF16): only there does
+    """True on CPUs that compute bfloat16 in hardware (AVX512_BF16 or AMX-BF16), unless oneDNN is
+    capped below them (``ONEDNN_MAX_CPU_ISA=AVX2``, ``AVX512_CORE``...): only there does
     mixed_bfloat16 pay (emulated, it has been many times slower than float32)."""
+    limit = onednn_isa_limit()
+    if limit is not None and not any(key in limit for key in ISA_LIMITS_WITH_BFLOAT16):
+        return False
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
