@@ -456,6 +456,15 @@ def test_ema_ends_with_the_moving_average_of_the_weights(data, tmp_path):
         train("mlp", data, tmp_path / "bad", TrainConfig(), dict(ema=1.0), log=[].append)
 
 
+def shifted_views(images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``images`` with a black border (MNIST's, so that np.roll brings in zeros as a shift does),
+    and the five views the shift average sees: as they are, then each of ``models.SHIFTS``."""
+    x = images.copy()
+    x[:, [0, -1]] = 0
+    x[:, :, [0, -1]] = 0
+    return x, [x] + [np.roll(x, shift, axis=(1, 2)) for shift in models.SHIFTS]
+
+
 def test_shift_average_answers_with_the_mean_over_one_pixel_shifts():
     import keras
 
@@ -463,10 +472,7 @@ def test_shift_average_answers_with_the_mean_over_one_pixel_shifts():
     network = models.network_of(model)
     assert network is not model and network.name == models.NETWORK
     assert not [v for v in model.trainable_variables if all(v is not w for w in network.trainable_variables)]
-    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
-    x[:, [0, -1]] = 0
-    x[:, :, [0, -1]] = 0  # MNIST's black border: np.roll then brings in zeros, as a shift does
-    views = [x] + [np.roll(x, shift, axis=(1, 2)) for shift in models.SHIFTS]
+    x, views = shifted_views(np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32))
     expected = np.mean([keras.ops.convert_to_numpy(network(v)) for v in views], axis=0)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), expected, atol=1e-5)
     assert sorted(models.SHIFTS) == [(-1, 0), (0, -1), (0, 1), (1, 0)]
@@ -487,10 +493,7 @@ def test_a_shift_average_run_trains_the_same_network_and_answers_with_the_averag
     for a, b in zip(plain.get_weights(), models.network_of(averaged).get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert results[True].history[0]["train_loss"] == results[False].history[0]["train_loss"]
-    x = data.test.images.copy()
-    x[:, [0, -1]] = 0
-    x[:, :, [0, -1]] = 0  # a black border, so that np.roll shifts as the model does
-    views = [x] + [np.roll(x, shift, axis=(1, 2)) for shift in models.SHIFTS]
+    x, views = shifted_views(data.test.images)
     mean = np.mean([predict_logits(plain, v) for v in views], axis=0)
     np.testing.assert_allclose(predict_logits(averaged, x), mean, atol=1e-4)
     assert results[True].history[0]["val_loss"] != results[False].history[0]["val_loss"]

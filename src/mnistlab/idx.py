@@ -57,13 +57,13 @@ def _parse_header(head: bytes, name: str) -> tuple[np.dtype, tuple[int, ...], in
 def _payload_bytes(dtype: np.dtype, shape: tuple[int, ...], name: str) -> int:
     """Bytes of the values a header declares; a shape over the limit is refused even when one of
     its dimensions is 0 (NumPy cannot make an array of shape (0, 2**21, 2**21, 2**21) either)."""
-    span = dtype.itemsize * math.prod(max(d, 1) for d in shape)  # Python ints: np.prod would wrap past 2**63
+    size = dtype.itemsize * math.prod(shape)  # Python ints: np.prod would wrap past 2**63
+    span = dtype.itemsize * math.prod(max(d, 1) for d in shape)  # = size unless a dimension is 0
     if span > MAX_PAYLOAD_BYTES:
-        size = dtype.itemsize * math.prod(shape)
         raise MnistlabError(f"{name}: header claims shape {shape} ({size} bytes"
                             + (f", {span} without its empty dimensions" if size != span else "")
                             + "), over the 1 GiB limit")
-    return dtype.itemsize * math.prod(shape)
+    return size
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
