@@ -94,14 +94,19 @@ def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time of process ``pid`` and its children, or of this process."""
     if pid is None:
         return time.process_time()
-    total = 0
+    return sum(cpu_by_process(pid).values())
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of process ``pid`` and of each of its children."""
+    out = {}
     for each in process_tree(pid):
         try:
             fields = _stat(each)
         except OSError:  # exited meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+        out[each] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return out
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -143,21 +148,28 @@ def workers(value: str) -> int:
     return runtime.cpu_count() if value == "cores" else int(value)
 
 
-async def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+async def wait_until_up(url: str, server: subprocess.Popen, log: Path, processes: int = 1,
+                        timeout: float = 180) -> None:
+    """Until ``processes`` different server processes have answered /health (a fresh connection
+    each time): clients that connect while a worker is still loading would all go to the ones
+    already up and, keeping their connections alive, stay there for the whole measurement."""
     import httpx
 
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as c:
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit(f"the server exited with status {server.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                if (await c.get(url + "/health")).status_code == 200:
+    deadline, seen = time.monotonic() + timeout, set()
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with status {server.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            async with httpx.AsyncClient() as c:  # a new connection: the port's sockets share them out
+                answer = await c.get(url + "/health")
+            if answer.status_code == 200:
+                seen.add(answer.json().get("pid"))
+                if len(seen) >= processes:
                     return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"the server did not answer {url}/health within {timeout:.0f} s")
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"{len(seen)} of {processes} server processes answered {url}/health within {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------------- payloads
@@ -267,6 +279,7 @@ async def load(url: str, args: argparse.Namespace, clients: int, raw: bytes, cos
                 if answered == WARMUP:
                     state["start"] = t1
                     state["cpu"] = (cpu_seconds(), cpu_seconds(server_pid))
+                    state["cpu_by_process"] = cpu_by_process(server_pid)
                     state["spy"] = start_profile(profile, server_pid, args.duration)
                 elif answered > WARMUP and state["start"]:
                     if ok:
@@ -297,6 +310,7 @@ async def load(url: str, args: argparse.Namespace, clients: int, raw: bytes, cos
                          *(costly_client() for _ in range(args.costly_clients if costly else 0)))
     elapsed = time.perf_counter() - state["start"]
     client_cpu, server_cpu = cpu_seconds() - state["cpu"][0], cpu_seconds(server_pid) - state["cpu"][1]
+    busy = {p: s - state["cpu_by_process"].get(p, 0.0) for p, s in cpu_by_process(server_pid).items()}
     if state["spy"] is not None:
         state["spy"].wait()
     health = httpx.get(url + "/health").json()
@@ -314,6 +328,7 @@ async def load(url: str, args: argparse.Namespace, clients: int, raw: bytes, cos
         "largest_batch": health.get("largest_batch"),
         "server_cpu_ms_per_request": round(1000 * server_cpu / max(len(latencies), 1), 2),
         "client_cpu_ms_per_request": round(1000 * client_cpu / max(len(latencies), 1), 2),
+        "server_busy_share_by_process": [round(busy[p] / max(elapsed, 1e-9), 2) for p in sorted(busy)],
         "server_memory_mb": {"before": memory_before, "after": memory_mb(server_pid)},
         "load_average_1min_after": round(os.getloadavg()[0], 2),
     }
@@ -344,6 +359,8 @@ def report(r: dict, target_ms: float) -> bool:
           f"batches: mean {r['mean_batch']}, largest {r['largest_batch']}")
     print(f"CPU per request: server {r['server_cpu_ms_per_request']} ms, client {r['client_cpu_ms_per_request']} ms"
           f"   (load average {r['load_average_1min_after']} after)")
+    print("server processes busy (share of one core, parent first): "
+          + " / ".join(f"{x:.0%}" for x in r["server_busy_share_by_process"]))
     print(f"server memory MB: {mem['before']['rss']} before, {mem['after']['rss']} after, peak {mem['after']['peak']}")
     if r["costly_answers"]:
         print(f"costly pictures answered: {r['costly_answers']}")
@@ -375,7 +392,7 @@ def main() -> int:
         with log.open("w") as log_file:
             server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
         try:
-            asyncio.run(wait_until_up(url, server, log))
+            asyncio.run(wait_until_up(url, server, log, n_workers))
             body, kind = payload(args.payload)
             raw = request_bytes("127.0.0.1", port, body, kind)
             costly = request_bytes("127.0.0.1", port, costly_payload(), "image/png") if args.costly_clients else None

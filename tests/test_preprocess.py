@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 import _models
 from _models import EIGHT, FOUR, SEVEN, ZERO, draw, encode, png_chunk, png_header_only, png_with_chunk
@@ -588,10 +588,21 @@ def assert_same_outcome(grey: np.ndarray, name: str) -> None:
         assert float(np.abs(new - old).max()) <= 1e-6, (name, float(np.abs(new - old).max()))
 
 
-def test_the_fast_recipe_gives_what_the_reference_recipe_gave():
-    """The speed-up changed how the recipe computes, not what: 50 seeded pictures (drawings from
+@pytest.fixture(params=["compiled", "numpy"])
+def recipe_code(request, monkeypatch):
+    """Each test using it runs twice: on the compiled steps (mnistlab._recipe) and on NumPy's."""
+    if request.param == "numpy":
+        monkeypatch.setattr(preprocess, "_recipe", None)
+    elif preprocess._recipe is None:
+        pytest.skip("mnistlab._recipe is not built here (no C compiler at install time)")
+    return request.param
+
+
+def test_the_fast_recipe_gives_what_the_reference_recipe_gave(recipe_code):
+    """The speed-ups changed how the recipe computes, not what: 50 seeded pictures (drawings from
     the page, photos, shadows, heavy ink, odd shapes, refusals) give the same inputs, to
-    round-off, and the same refusals as the recipe before it (``ref_to_mnist``)."""
+    round-off, and the same refusals as the recipe before it (``ref_to_mnist``), on the
+    compiled steps and on NumPy's."""
     pictures = regression_pictures()
     assert len(pictures) == 50
     refusals = 0
@@ -609,6 +620,123 @@ def test_the_fast_recipe_gives_what_the_reference_recipe_gave():
                        elements=st.one_of(st.floats(-0.5, 1.5, width=32), st.sampled_from([0.0, 1.0, np.nan]))))
 def test_any_grey_array_gives_what_the_reference_recipe_gave(grey):
     assert_same_outcome(grey, "array")
+    with numpy_steps():
+        assert_same_outcome(grey, "array")
+
+
+class numpy_steps:
+    """``with numpy_steps():`` runs the recipe on its NumPy code, as where _recipe is not built."""
+
+    def __enter__(self):
+        self.compiled, preprocess._recipe = preprocess._recipe, None
+
+    def __exit__(self, *exc):
+        preprocess._recipe = self.compiled
+
+
+# ---------------------------------------------------------------------------- the compiled steps
+# mnistlab._recipe (setup.py builds it where a C compiler is found) computes the costly steps in
+# the NumPy code's own float32 / float64 arithmetic and order: not to round-off, to the bit.
+compiled = pytest.mark.skipif(preprocess._recipe is None and not os.environ.get("MNISTLAB_REQUIRE_COMPILED"),
+                              reason="mnistlab._recipe is not built here (no C compiler at install time)")
+
+
+def test_the_compiled_steps_are_built_where_ci_requires_them():
+    """CI has a compiler: the module must be there, or every compiled test would skip."""
+    if os.environ.get("MNISTLAB_REQUIRE_COMPILED"):
+        assert preprocess._recipe is not None, "setup.py did not build mnistlab._recipe"
+
+
+def step_pictures() -> list[np.ndarray]:
+    """Random, quantised and drawn-on-noisy-paper pictures from 1 x 1 to 130 x 97 px."""
+    rng = np.random.default_rng(21)
+    out = []
+    for shape in [(1, 1), (1, 5), (6, 1), (2, 2), (3, 9), (40, 7), (5, 40), (56, 56), (97, 128), (128, 128), (130, 97)]:
+        out.append(rng.random(shape).astype(np.float32))
+        out.append((np.round(rng.random(shape) * 3) / 3).astype(np.float32))
+        drawn = np.asarray(draw(SEVEN, size=shape[::-1], box=(0, 0, min(shape))), np.float32) / 255
+        out.append(np.clip(drawn + rng.normal(0, 0.03, shape), 0, 1).astype(np.float32))
+    return out
+
+
+@compiled
+def test_compiled_sums_are_numpys_pairwise_sums():
+    rng = np.random.default_rng(22)
+    for n in [*range(1, 300), 3136, 9000, 16384, 40000]:
+        values = (rng.random(n) * rng.choice([1, 1e-3, 1e3], n)).astype(np.float32)
+        assert preprocess._recipe.sum(values) == float(values.sum()), n
+        assert preprocess._recipe.sum(values.astype(np.float64) * 1.1) == float((values.astype(np.float64) * 1.1).sum())
+
+
+@compiled
+def test_compiled_steps_give_the_numpy_steps_numbers():
+    """Blur, Otsu, polarity, the stroke background and the stroke pieces: each the NumPy step's
+    result to the bit (or, for the pieces, the same refusal)."""
+    r = preprocess._recipe
+    for grey in step_pictures():
+        h, w = grey.shape
+        with numpy_steps():
+            blurred, otsu, dark = preprocess._blur(grey), preprocess._otsu(grey), preprocess._is_dark_on_light(grey)
+        np.testing.assert_array_equal(preprocess._blur(grey), blurred)
+        assert preprocess._otsu(grey) == otsu
+        decided = r.polarity(grey, h, w, preprocess.BORDER_PERCENTILE, preprocess.POLARITY_MARGIN)
+        assert decided in (-1, int(dark)) and preprocess._is_dark_on_light(grey) == dark
+        for noise in (0.0, 0.01, 0.05):
+            with numpy_steps():
+                background = preprocess._stroke_background(grey, noise)
+            np.testing.assert_array_equal(preprocess._stroke_background(grey, noise), background)
+        with numpy_steps():
+            flat = preprocess._flatten(grey)
+        np.testing.assert_array_equal(preprocess._flatten(grey), flat)
+        mask = grey > 0.5
+        with numpy_steps():
+            want = outcome(lambda m, name: preprocess._main_strokes(m, name), mask, "mask")
+        got = outcome(lambda m, name: preprocess._main_strokes(m, name), mask, "mask")
+        if isinstance(want, str):
+            assert got == want
+        else:
+            np.testing.assert_array_equal(got[0], want[0])
+            assert got[1] == want[1]
+
+
+@compiled
+def test_compiled_lanczos_is_pillows_across_then_down():
+    """The digit's resize: Pillow's LANCZOS across, then down (two one-axis calls), to the bit,
+    shrinking and enlarging, on every shape from 1 px up."""
+    rng = np.random.default_rng(23)
+    lanczos = Image.Resampling.LANCZOS
+    for case in range(1500):
+        h, w = int(rng.integers(1, 130)), int(rng.integers(1, 130))
+        oh, ow = (h if case % 3 == 0 else int(rng.integers(1, 30))), (w if case % 5 == 0 else int(rng.integers(1, 30)))
+        src = rng.random((h, w)).astype(np.float32)
+        want = np.asarray(Image.fromarray(src, "F").resize((ow, h), lanczos).resize((ow, oh), lanczos))
+        got = np.empty((oh, ow), np.float32)
+        preprocess._recipe.resize(src, h, w, oh, ow, got)
+        np.testing.assert_array_equal(got, want, err_msg=f"{h}x{w} -> {oh}x{ow}")
+
+
+@compiled
+def test_compiled_recipe_reads_any_picture_as_numpys_does():
+    """The whole recipe on 300 random sheets (strokes of any width, shading, noise, either
+    polarity, 8 to 140 px): the compiled steps give NumPy's input to the bit, or its refusal."""
+    rng = np.random.default_rng(24)
+    for case in range(300):
+        shape = (int(rng.integers(8, 140)), int(rng.integers(8, 140)))
+        sheet = Image.new("L", shape[::-1], int(rng.integers(120, 255)))
+        pen = ImageDraw.Draw(sheet)
+        for _ in range(int(rng.integers(1, 4))):
+            pen.line([tuple(int(v) for v in rng.integers(0, max(shape), 2)) for _ in range(3)],
+                     fill=int(rng.integers(0, 100)), width=int(rng.integers(1, 12)))
+        grey = np.asarray(sheet, np.float32) / 255 * np.linspace(rng.uniform(0.5, 1), 1, shape[1], dtype=np.float32)
+        grey = (grey + rng.normal(0, rng.uniform(0, 0.08), shape)).astype(np.float32)
+        grey = 1 - grey if case % 2 else grey
+        with numpy_steps():
+            want = outcome(preprocess.to_mnist, grey, "sheet")
+        got = outcome(preprocess.to_mnist, grey, "sheet")
+        if isinstance(want, str) or isinstance(got, str):
+            assert got == want, case
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=str(case))
 
 
 def test_an_opaque_drawing_reads_as_its_grey_levels():

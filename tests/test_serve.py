@@ -11,7 +11,9 @@ count in /health) with a generous safety timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import pickle
 import re
 import select
 import signal
@@ -561,6 +563,20 @@ def test_micro_batcher_routes_rows_and_errors():
         serve.MicroBatcher(model, 0, 0.0)
 
 
+def test_batches_are_padded_to_a_few_sizes_with_little_padding():
+    """A handful of shapes (each warmed up at start-up, each one LiteRT interpreter kept), and at
+    most a third of any batch is padding."""
+    from mnistlab import inference
+
+    batcher = serve.MicroBatcher(lambda x: x, max_batch=64, wait_s=0.0)
+    assert batcher.sizes() == [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    assert len(batcher.sizes()) + 2 <= inference.SIZES_KEPT  # + the 1,024 batches of evaluation and a rest
+    for n in range(1, 65):
+        size = batcher.padded_size(n)
+        assert size in batcher.sizes() and n <= size and 3 * (size - n) <= size, n
+    assert serve.MicroBatcher(lambda x: x, max_batch=20, wait_s=0.0).sizes()[-1] == 20
+
+
 def test_serve_agrees_with_preprocess_on_the_input_size():
     assert serve.SIDE == preprocess.SIDE and serve.PIXELS == preprocess.SIDE ** 2  # serve does not import it up front
 
@@ -599,8 +615,12 @@ def test_several_worker_processes_serve_one_port(tiny_predictor):
             answer = httpx.post(url + "/predict", json={"pixels": row.tolist()}, timeout=30).json()
             answers.append(answer["digit"])
         assert answers == expected
-        pids = {httpx.get(url + "/health", timeout=5).json()["pid"] for _ in range(20)}
-        assert pids <= set(children) and len(children) >= 2  # answered by workers, not the parent
+        pids: set[int] = set()  # each worker listens on its own socket of the port: both get new connections
+        deadline = time.monotonic() + 120
+        while len(pids) < 2:
+            assert time.monotonic() < deadline, f"only worker(s) {pids} answered"
+            pids.add(httpx.get(url + "/health", timeout=5).json()["pid"])
+        assert pids <= set(children)  # answered by workers, not the parent
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -659,6 +679,35 @@ def test_sigterm_stops_the_server_while_slow_clients_hold_connections(tiny_predi
     # Told (503) if the server had read their bytes, else just closed; either way, not waited for.
     assert all(a == b"" or a.startswith(b"HTTP/1.1 503 ") and b"shutting down" in a for a in answers), answers
     assert "Traceback" not in server.stderr.read()
+
+
+@pytest.mark.skipif(not serve.balances_connections(), reason="SO_REUSEPORT shares connections out on Linux only")
+def test_worker_sockets_share_the_ports_connections_out():
+    """uvicorn pickles its sockets to each worker; ``WorkerSocket`` unpickles as a socket of the
+    worker's own on the same port (SO_REUSEPORT), and the kernel spreads new connections over
+    them: 64 connections, counted in each worker's accept queue (all 64 in one: odds 2**-63)."""
+    parent = serve.listening_socket("127.0.0.1", 0, reuse_port=True)
+    address = parent.getsockname()
+    workers = [pickle.loads(pickle.dumps(serve.WorkerSocket(parent.family, address))) for _ in range(2)]
+    clients = []
+    try:
+        for worker in workers:
+            assert worker.getsockname() == address
+            worker.listen(128)
+            worker.setblocking(False)
+        clients = [socket.create_connection(address, timeout=10) for _ in range(64)]
+        counts = [0, 0]
+        deadline = time.monotonic() + 30
+        while sum(counts) < 64 and time.monotonic() < deadline:  # until every handshake is queued
+            ready, _, _ = select.select(workers, [], [], 1)
+            for worker in ready:
+                with contextlib.suppress(BlockingIOError):
+                    worker.accept()[0].close()
+                    counts[workers.index(worker)] += 1
+        assert sum(counts) == 64 and min(counts) > 0, counts
+    finally:
+        for each in [*clients, *workers, parent]:
+            each.close()
 
 
 def test_workers_must_be_positive(tiny_predictor):

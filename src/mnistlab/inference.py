@@ -43,7 +43,7 @@ SAVED_MODEL_FILE = "saved_model.pb"
 METADATA_FILE = "mnistlab.json"  # written by export: name, parameters, test metrics
 SAVED_MODEL_METADATA = Path("assets.extra") / METADATA_FILE  # TF Serving ignores assets.extra
 BATCH = 1024  # images per model call when predicting many
-SIZES_KEPT = 10  # tflite: interpreters kept, one per batch size (1, 2, 4 ... 64 for the server, 1024, a rest)
+SIZES_KEPT = 13  # tflite: interpreters kept, one per batch size (the server's 11 up to 64, 1024, a rest)
 ACCEPTED = ("a run folder (holding model.keras), a .keras file, a SavedModel folder (holding "
             "saved_model.pb) or a .tflite file (or a folder holding model.tflite)")
 
@@ -313,7 +313,7 @@ def tflite_predictor(path: Path, threads: int | None = None) -> Predictor:
     except MnistlabError as exc:
         raise MnistlabError(f"{path}: {exc}") from None
     lock = threading.Lock()  # one call at a time (interpreters are not thread-safe)
-    # One interpreter per batch size met (the server pads to a few powers of two): allocating
+    # One interpreter per batch size met (the server pads to a few sizes): allocating
     # tensors again at every change of size would cost each batch a re-plan, and muting fd 2 for
     # it (TFLite's C++ log) would hide other threads' lines. Beyond SIZES_KEPT sizes the oldest goes.
     ready: dict[int, Any] = {}

@@ -197,10 +197,13 @@ class MicroBatcher:
         return await future
 
     def padded_size(self, n: int) -> int:
-        """Batches are padded to a power of two (at most ``max_batch``): a handful of shapes, each
-        warmed up at start-up (``sizes``), instead of oneDNN building kernels for every new size
-        while requests wait."""
-        return min(1 << (n - 1).bit_length(), self._max_batch)
+        """Batches are padded to the next of a few sizes, powers of two and 3/4 of them (1, 2, 4,
+        6, 8, 12, 16, 24, 32, 48, 64, at most ``max_batch``): a handful of shapes, each warmed up
+        at start-up (``sizes``), instead of a model re-planned for every new size while requests
+        wait; and at most a third of a batch is padding (25 requests run as 32 with powers of two)."""
+        power = 1 << (n - 1).bit_length()
+        size = power * 3 // 4 if power >= 8 and n <= power * 3 // 4 else power
+        return min(size, self._max_batch)
 
     def sizes(self) -> list[int]:
         return sorted({self.padded_size(n) for n in range(1, self._max_batch + 1)})
@@ -822,12 +825,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A socket bound to ``host:port`` (uvicorn and every worker serve on it), or one line saying
-    why not: bound here, before the model loads, so a busy port is the only thing reported."""
+    why not: bound here, before the model loads, so a busy port is the only thing reported.
+    ``reuse_port``: the workers will bind sockets of their own to the same port (``WorkerSocket``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -842,11 +848,41 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class WorkerSocket:
+    """The listening socket as uvicorn hands it to each worker process (pickled): unpickled in a
+    worker, it is a socket of that worker's own, bound to the same address with SO_REUSEPORT, so
+    Linux spreads new connections evenly over the workers. With one socket shared by all, the
+    first worker to wake accepts a whole burst of connections and keeps them (keep-alive): in
+    bench_serve, one worker answered all 50 clients while the other one idled."""
+
+    def __init__(self, family: int, address: tuple) -> None:
+        self.family, self.address = family, address
+
+    def __reduce__(self) -> tuple:
+        return reuse_port_socket, (self.family, self.address)
+
+
+def reuse_port_socket(family: int, address: tuple) -> socket.socket:
+    """A TCP socket bound to ``address`` beside the other sockets of the same port (SO_REUSEPORT)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+def balances_connections() -> bool:
+    """True where sockets sharing a port (SO_REUSEPORT) share its connections out: Linux. (BSD and
+    macOS give them all to one socket, Windows has no SO_REUSEPORT: there the workers share one.)"""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
 def serve(run: str, config: ServeConfig = ServeConfig()) -> None:
     """Load ``run`` (any form ``runs.load_predictor`` takes) and serve it until Ctrl-C or SIGTERM.
 
-    With ``workers > 1``, uvicorn starts that many processes on one listening socket; each one
-    builds its app with ``app_from_environment`` (the run and config travel in ``SERVE_ENV``).
+    With ``workers > 1``, uvicorn starts that many processes, each on its own socket of the port
+    (``WorkerSocket``; one shared socket where the system cannot balance them); each one builds its
+    app with ``app_from_environment`` (the run and config travel in ``SERVE_ENV``).
     """
     import uvicorn
 
@@ -854,7 +890,8 @@ def serve(run: str, config: ServeConfig = ServeConfig()) -> None:
 
     validate(config)
     raise_open_files_limit(config.max_connections)
-    sock = listening_socket(config.host, config.port)
+    balance = config.workers > 1 and balances_connections()
+    sock = listening_socket(config.host, config.port, reuse_port=balance)
     try:
         predictor = load_predictor(run)  # in the parent too: a bad path is one clear error, not one per worker
         if not is_loopback(config.host):
@@ -875,7 +912,7 @@ def serve(run: str, config: ServeConfig = ServeConfig()) -> None:
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
         Multiprocess(uvicorn_config("mnistlab.serve:app_from_environment", config, factory=True,
                                     workers=config.workers, timeout_worker_healthcheck=WORKER_PING_S),
-                     sockets=[sock]).run()
+                     sockets=[WorkerSocket(sock.family, sock.getsockname()) if balance else sock]).run()
     finally:
         sock.close()
 
