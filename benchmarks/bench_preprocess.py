@@ -13,7 +13,9 @@ machine runs), the fastest wall time, the child's peak resident memory and how f
 what the interpreter with mnistlab and Pillow loaded held before the first call. With
 ``--before REV`` (default: the commit before the speed-up), the same child also loads
 ``src/mnistlab/preprocess.py`` as it was at REV (``git show``) and times it call for call,
-alternating with today's, so both medians come from the same minutes of the same machine.
+alternating with today's, so both medians come from the same minutes of the same machine. Where
+the compiled steps (``mnistlab._recipe``) are built, today's code is also timed on its NumPy
+steps, alternating with the compiled ones the same way.
 """
 
 from __future__ import annotations
@@ -164,6 +166,18 @@ def measure_here(path: str, runs: int, budget: float, max_pixels: int | None, be
     figures = {"calls": calls, "cpu_ms": [c for c, _, _ in now], "times_ms": [w for _, w, _ in now],
                "first_ms": first_ms, "first_cpu_ms": first_cpu, "before_mb": before_kb / 1024,
                "peak_mb": peak_kb / 1024, "outcome": outcome}
+    compiled = preprocess._recipe
+    if compiled is not None:
+        def on_numpy() -> float:
+            preprocess._recipe = None
+            try:
+                return timed(lambda: preprocess.preprocess(path, max_pixels=limit))[0]
+            finally:
+                preprocess._recipe = compiled
+
+        pairs = [(on_numpy(), timed(lambda: preprocess.preprocess(path, max_pixels=limit))[0]) for _ in range(calls)]
+        figures["paired_numpy_cpu_ms"] = [n for n, _ in pairs]
+        figures["paired_compiled_cpu_ms"] = [c for _, c in pairs]
     if before:
         pairs = [(timed(lambda: before.preprocess(path, max_pixels=limit))[0],
                   timed(lambda: preprocess.preprocess(path, max_pixels=limit))[0]) for _ in range(calls)]
@@ -227,18 +241,22 @@ def main(argv: list[str] | None = None) -> int:
                 size, mode = im.size, im.mode
             r = measure(path, args.runs, args.budget, args.max_pixels, before_file)
             figures[name] = {"what": what, "bytes": path.stat().st_size, "size": size, "mode": mode, **r}
-            then = paired = "-"
+            then = paired = numpy_steps = "-"
+            if "paired_numpy_cpu_ms" in r:
+                slow, fast = statistics.median(r["paired_numpy_cpu_ms"]), statistics.median(r["paired_compiled_cpu_ms"])
+                numpy_steps = f"{slow:.2f} ({slow / fast:.2f}x)"
             if "paired_before_cpu_ms" in r:
                 old, new = statistics.median(r["paired_before_cpu_ms"]), statistics.median(r["paired_now_cpu_ms"])
                 then, paired = f"{old:.2f}", f"{old / new:.2f}x ({new:.2f})"
             nbytes = path.stat().st_size
             rows.append([what, f"{nbytes:,} B" if nbytes < 10_000 else f"{nbytes / 1024:,.0f} KB",
                          f"{size[0]} x {size[1]} {mode}",
-                         r["calls"], f"{statistics.median(r['cpu_ms']):.2f}", then, paired,
+                         r["calls"], f"{statistics.median(r['cpu_ms']):.2f}", numpy_steps, then, paired,
                          f"{min(r['times_ms']):.1f}", f"{r['peak_mb']:.0f}", f"+{r['peak_mb'] - r['before_mb']:.0f}",
                          r["outcome"][:60]])
             path.unlink()
-    print(table(["picture", "file", "pixels", "calls", "CPU ms (median)", f"before: CPU ms ({args.before})",
+    print(table(["picture", "file", "pixels", "calls", "CPU ms (median)", "NumPy steps: CPU ms (compiled cheaper by)",
+                 f"before: CPU ms ({args.before})",
                  "cheaper by (now, paired)", "fastest wall ms", "peak RSS MB", "above start MB", "result"], rows))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
