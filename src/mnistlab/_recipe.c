@@ -11,10 +11,18 @@
  * Build flags: no -ffast-math and no FMA contraction (setup.py), or the arithmetic would differ.
  */
 #define PY_SSIZE_T_CLEAN
+#ifdef _MSC_VER
+#define _USE_MATH_DEFINES  /* M_PI */
+#define restrict __restrict
+#endif
 #include <Python.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
 
 #define PW_BLOCKSIZE 128
 #define OTSU_BINS 256
