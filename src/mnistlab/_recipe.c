@@ -1,12 +1,13 @@
 /* The costly steps of mnistlab.preprocess.to_mnist, compiled: the 3 x 3 blur, Otsu's threshold,
- * the lighting flattening (polarity, noise, the stroke background of grey-level openings) and
- * the 8-connected stroke pieces. Each function computes what its NumPy twin in preprocess.py
- * computes, in the same float32 / float64 arithmetic and order (NumPy's pairwise sums
- * included), so the two give the same numbers; tests/test_preprocess.py checks them against
- * each other and against the reference recipe. The NumPy code stays the definition and the
- * fallback where this module cannot be built.
+ * the lighting flattening (polarity, noise, the stroke background of grey-level openings), the
+ * split into strokes and paper, the 8-connected stroke pieces, the crop, the Lanczos resize and
+ * the centring. Each function computes what its NumPy twin in preprocess.py computes, in the
+ * same float32 / float64 arithmetic and order (NumPy's pairwise sums included), so the two give
+ * the same numbers to the bit; tests/test_preprocess.py checks them against each other and
+ * against the reference recipe. The NumPy code stays the definition, and the fallback where this
+ * module cannot be built.
  *
- * Arrays come in and go out through the buffer protocol (C-contiguous float32 or uint8); the
+ * Arrays come in and go out through the buffer protocol (C-contiguous float32 or bool); the
  * caller (preprocess.py) allocates every output, so no NumPy headers are needed to build this.
  * Build flags: no -ffast-math and no FMA contraction (setup.py), or the arithmetic would differ.
  */
