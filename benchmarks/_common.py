@@ -29,17 +29,20 @@ def machine() -> dict[str, Any]:
     """Date, CPU model and SIMD flags, oneDNN, usable cores and load average: the context every number needs."""
     import tensorflow as tf
 
+    from mnistlab import preprocess
+
     cpu, flags = cpu_model_and_flags()
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "simd": flags, "onednn": runtime.onednn_setting(),
             "onednn_isa_limit": runtime.onednn_isa_limit(), "cores": runtime.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-            "tensorflow": tf.__version__}
+            "tensorflow": tf.__version__, "picture_steps": "compiled" if preprocess._recipe is not None else "NumPy"}
 
 
 def describe(info: dict[str, Any]) -> str:
     """One line to print beside every figure."""
     limit = f" (capped at {info['onednn_isa_limit']})" if info.get("onednn_isa_limit") else ""
     return (f"{info['date']}  {info['cpu']} ({' '.join(info['simd']) or 'no AVX2'})  oneDNN {info['onednn']}{limit}  "
-            f"{info['cores']} cores  load {info['load_average']}  TF {info['tensorflow']}")
+            f"{info['cores']} cores  load {info['load_average']}  TF {info['tensorflow']}"
+            + (f"  picture steps {info['picture_steps']}" if "picture_steps" in info else ""))
 
 
 def load_mnist(data_dir: str | None):
