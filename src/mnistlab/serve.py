@@ -872,8 +872,9 @@ def reuse_port_socket(family: int, address: tuple) -> socket.socket:
 
 
 def balances_connections() -> bool:
-    """True where sockets sharing a port (SO_REUSEPORT) share its connections out: Linux. (BSD and
-    macOS give them all to one socket, Windows has no SO_REUSEPORT: there the workers share one.)"""
+    """True where sockets sharing a port (SO_REUSEPORT) share its connections out: Linux. Elsewhere
+    the option does not balance (macOS, most BSDs) or does not exist (Windows), so the workers
+    share one socket there."""
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
