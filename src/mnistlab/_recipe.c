@@ -29,49 +29,33 @@
 #define OTSU_BINS 256
 
 /* ------------------------------------------------------------------ NumPy's pairwise sums */
-static float sum32(const float *a, Py_ssize_t n)
-{
-    if (n < 8) {
-        float res = 0.f;
-        for (Py_ssize_t i = 0; i < n; i++) res += a[i];
-        return res;
+/* NumPy's sum of n contiguous values of TYPE, in TYPE: below 8 values in a row; up to 128 in 8
+ * interleaved partial sums added pairwise, then the rest; beyond, the two halves (the first a
+ * multiple of 8 long) summed so and added. */
+#define PAIRWISE_SUM(NAME, TYPE)                                                                \
+    static TYPE NAME(const TYPE *a, Py_ssize_t n)                                               \
+    {                                                                                           \
+        if (n < 8) {                                                                            \
+            TYPE res = 0;                                                                       \
+            for (Py_ssize_t i = 0; i < n; i++) res += a[i];                                     \
+            return res;                                                                         \
+        }                                                                                       \
+        if (n <= PW_BLOCKSIZE) {                                                                \
+            TYPE r[8];                                                                          \
+            Py_ssize_t i;                                                                       \
+            for (int j = 0; j < 8; j++) r[j] = a[j];                                            \
+            for (i = 8; i < n - (n % 8); i += 8)                                                \
+                for (int j = 0; j < 8; j++) r[j] += a[i + j];                                   \
+            TYPE res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));        \
+            for (; i < n; i++) res += a[i];                                                     \
+            return res;                                                                         \
+        }                                                                                       \
+        Py_ssize_t n2 = n / 2;                                                                  \
+        n2 -= n2 % 8;                                                                           \
+        return NAME(a, n2) + NAME(a + n2, n - n2);                                              \
     }
-    if (n <= PW_BLOCKSIZE) {
-        float r[8];
-        Py_ssize_t i;
-        for (int j = 0; j < 8; j++) r[j] = a[j];
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; j++) r[j] += a[i + j];
-        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++) res += a[i];
-        return res;
-    }
-    Py_ssize_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return sum32(a, n2) + sum32(a + n2, n - n2);
-}
-
-static double sum64(const double *a, Py_ssize_t n)
-{
-    if (n < 8) {
-        double res = 0.;
-        for (Py_ssize_t i = 0; i < n; i++) res += a[i];
-        return res;
-    }
-    if (n <= PW_BLOCKSIZE) {
-        double r[8];
-        Py_ssize_t i;
-        for (int j = 0; j < 8; j++) r[j] = a[j];
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; j++) r[j] += a[i + j];
-        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++) res += a[i];
-        return res;
-    }
-    Py_ssize_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return sum64(a, n2) + sum64(a + n2, n - n2);
-}
+PAIRWISE_SUM(sum32, float)
+PAIRWISE_SUM(sum64, double)
 
 /* ------------------------------------------------------------------ small steps */
 /* _blur: 3 x 3 mean, edges repeated; rows summed first, (a + b) + c, then / 9. */
@@ -318,14 +302,22 @@ static PyObject *py_blur(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The one argument of a call, a contiguous array of any length: 0, or -1 with an exception set. */
+static int one_buffer(PyObject *args, Buf *v)
+{
+    PyObject *o;
+    v->held = 0;
+    if (!PyArg_ParseTuple(args, "O", &o)) return -1;
+    if (PyObject_GetBuffer(o, &v->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    v->held = 1;
+    return 0;
+}
+
 /* otsu(values) -> (threshold, separability) */
 static PyObject *py_otsu(PyObject *self, PyObject *args)
 {
-    PyObject *o;
     Buf v;
-    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
-    if (PyObject_GetBuffer(o, &v.view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    v.held = 1;
+    if (one_buffer(args, &v) < 0) return NULL;
     if (strcmp(v.view.format, "f") != 0) {
         release(&v);
         return PyErr_Format(PyExc_ValueError, "otsu: expected float32 values");
@@ -869,11 +861,8 @@ static PyObject *py_place(PyObject *self, PyObject *args)
 /* sum32(values) / sum64(values): NumPy's float32 / float64 sum, for the tests */
 static PyObject *py_sum(PyObject *self, PyObject *args)
 {
-    PyObject *o;
     Buf v;
-    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
-    if (PyObject_GetBuffer(o, &v.view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    v.held = 1;
+    if (one_buffer(args, &v) < 0) return NULL;
     double out;
     if (strcmp(v.view.format, "f") == 0) out = sum32(v.view.buf, v.view.len / 4);
     else if (strcmp(v.view.format, "d") == 0) out = sum64(v.view.buf, v.view.len / 8);
