@@ -670,8 +670,8 @@ def test_compiled_sums_are_numpys_pairwise_sums():
 
 @compiled
 def test_compiled_steps_give_the_numpy_steps_numbers():
-    """Blur, Otsu, polarity, the stroke background and the stroke pieces: each the NumPy step's
-    result to the bit (or, for the pieces, the same refusal)."""
+    """Blur, Otsu, polarity, the flattening (its stroke background included) and the stroke
+    pieces: each the NumPy step's result to the bit (or, for the pieces, the same refusal)."""
     r = preprocess._recipe
     for grey in step_pictures():
         h, w = grey.shape
@@ -681,10 +681,6 @@ def test_compiled_steps_give_the_numpy_steps_numbers():
         assert preprocess._otsu(grey) == otsu
         decided = r.polarity(grey, h, w, preprocess.BORDER_PERCENTILE, preprocess.POLARITY_MARGIN)
         assert decided in (-1, int(dark)) and preprocess._is_dark_on_light(grey) == dark
-        for noise in (0.0, 0.01, 0.05):
-            with numpy_steps():
-                background = preprocess._stroke_background(grey, noise)
-            np.testing.assert_array_equal(preprocess._stroke_background(grey, noise), background)
         with numpy_steps():
             flat = preprocess._flatten(grey)
         np.testing.assert_array_equal(preprocess._flatten(grey), flat)

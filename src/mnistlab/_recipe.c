@@ -328,8 +328,8 @@ static PyObject *py_otsu(PyObject *self, PyObject *args)
     return Py_BuildValue("dd", t, s);
 }
 
-/* The stroke background's chain of windows (_stroke_background): the opening of the first
- * window whose next wider one removes under (1 + saturation) x its ink. */
+/* The stroke background's chain of windows (_stroke_background; part of flatten): the opening of
+ * the first window whose next wider one removes under (1 + saturation) x its ink. */
 static int stroke_background(const float *ink, int h, int w, const int *windows, int nw, float noise,
                              double saturation, float *out)
 {
@@ -424,31 +424,6 @@ static int parse_windows(PyObject *win_o, int *windows, int *nw)
     }
     Py_DECREF(seq);
     return 0;
-}
-
-/* background(ink, h, w, windows, noise, saturation, out) */
-static PyObject *py_background(PyObject *self, PyObject *args)
-{
-    PyObject *ink_o, *win_o, *out_o;
-    int h, w;
-    double noise, saturation;
-    Buf ink, out;
-    if (!PyArg_ParseTuple(args, "OiiOddO", &ink_o, &h, &w, &win_o, &noise, &saturation, &out_o)) return NULL;
-    int windows[64], nw;
-    if (parse_windows(win_o, windows, &nw) < 0) return NULL;
-    if (h < 1 || w < 1) return PyErr_Format(PyExc_ValueError, "background: empty picture");
-    Py_ssize_t n = (Py_ssize_t)h * w;
-    if (get_buf(ink_o, &ink, "f", 0, n, "background ink") < 0) { release(&ink); return NULL; }
-    if (get_buf(out_o, &out, "f", 1, n, "background out") < 0) { release(&ink); release(&out); return NULL; }
-    int status;
-    float noise_f = (float)noise;
-    Py_BEGIN_ALLOW_THREADS
-    status = stroke_background(ink.view.buf, h, w, windows, nw, noise_f, saturation, out.view.buf);
-    Py_END_ALLOW_THREADS
-    release(&ink);
-    release(&out);
-    if (status < 0) return PyErr_NoMemory();
-    Py_RETURN_NONE;
 }
 
 /* flatten(grey, smooth, h, w, dark, windows, noise_margin, saturation, paper_floor, out): _flatten
@@ -876,8 +851,6 @@ static PyMethodDef methods[] = {
     {"otsu", py_otsu, METH_VARARGS, "otsu(values) -> (threshold, separability): preprocess._otsu."},
     {"polarity", py_polarity, METH_VARARGS,
      "polarity(smooth, h, w, border_percentile, margin) -> 1 dark ink, 0 light, -1 undecided."},
-    {"background", py_background, METH_VARARGS,
-     "background(ink, h, w, windows, noise, saturation, out): preprocess._stroke_background into out."},
     {"flatten", py_flatten, METH_VARARGS,
      "flatten(grey, smooth, h, w, dark, windows, noise_margin, saturation, paper_floor, out): _flatten's rest."},
     {"strokes", py_strokes, METH_VARARGS,

@@ -470,22 +470,29 @@ def _border(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([grey[:b].ravel(), grey[-b:].ravel(), grey[:, :b].ravel(), grey[:, -b:].ravel()])
 
 
+def _ink_beyond_the_border(grey: np.ndarray) -> bool | None:
+    """True (dark ink) or False (light ink) when the ink beyond the border's range of grey levels
+    lies clearly on one side of it; None when neither side wins."""
+    if _recipe is not None and grey.dtype == np.float32:
+        dark = _recipe.polarity(np.ascontiguousarray(grey), *grey.shape, BORDER_PERCENTILE, POLARITY_MARGIN)
+        return None if dark < 0 else bool(dark)
+    low, high = _percentiles(_border(grey), (BORDER_PERCENTILE, 100 - BORDER_PERCENTILE))
+    below = float(np.maximum(low - grey, 0).sum())
+    above = float(np.maximum(grey - high, 0).sum())
+    if max(below, above) >= POLARITY_MARGIN * min(below, above) and max(below, above) > 1e-3 * grey.size:
+        return below > above
+    return None
+
+
 def _is_dark_on_light(grey: np.ndarray) -> bool:
     """True when the ink is darker than the paper. The border is paper, lit or in shadow, so the
     ink is what lies outside the border's range of grey levels: below it (dark ink) or above it.
     When neither side clearly wins (ink touching the border, a near-blank picture), the Otsu
     class holding most of the border is taken for the background."""
-    if _recipe is not None and grey.dtype == np.float32:
-        dark = _recipe.polarity(np.ascontiguousarray(grey), *grey.shape, BORDER_PERCENTILE, POLARITY_MARGIN)
-        if dark >= 0:
-            return bool(dark)
+    dark = _ink_beyond_the_border(grey)
+    if dark is not None:
+        return dark
     border = _border(grey)
-    if _recipe is None or grey.dtype != np.float32:
-        low, high = _percentiles(border, (BORDER_PERCENTILE, 100 - BORDER_PERCENTILE))
-        below = float(np.maximum(low - grey, 0).sum())
-        above = float(np.maximum(grey - high, 0).sum())
-        if max(below, above) >= POLARITY_MARGIN * min(below, above) and max(below, above) > 1e-3 * grey.size:
-            return below > above
     threshold, _ = _otsu(grey)
     light_share = float((border > threshold).mean())
     if abs(light_share - 0.5) < 0.1:  # border split evenly: the larger class overall is background
@@ -538,13 +545,8 @@ def _stroke_background(ink: np.ndarray, noise: float) -> np.ndarray:
     ``noise`` level, grows while the window is narrower than the strokes and stops growing past
     them, at which width it is kept; wider things (lighting, the halves of a shadow) stay put.
     Each window's opening is ``_opening``'s, from ``_openings``, which shares work between windows."""
-    windows = _windows(ink.shape)
-    if _recipe is not None and ink.dtype == np.float32:
-        background = np.empty(ink.shape, dtype=np.float32)
-        _recipe.background(np.ascontiguousarray(ink), *ink.shape, windows, noise, SATURATION, background)
-        return background
     removed_before = 0.0
-    for background in _openings(ink, windows):
+    for background in _openings(ink, _windows(ink.shape)):
         removed = float(np.maximum(ink - background - noise, 0).sum())
         if 0 < removed_before and removed < (1 + SATURATION) * removed_before:
             break
