@@ -17,6 +17,7 @@ be, so their ratio holds on any CPU; the CPU model, its SIMD flags and whether o
 printed beside every figure.
 
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets                  # the table
+    python benchmarks/bench_fast.py --data-dir /work/shared/datasets --repeats 3      # medians of 3 rounds
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --ablations --seeds 0
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --measure-keras-io-epochs
 """
@@ -135,6 +136,20 @@ ABLATIONS = (
 )
 
 
+def summarize(runs: list[dict]) -> dict:
+    """One job's repeated runs as one: the first run's figures, its time to 99% the median over the
+    runs. Same seed => same accuracies: a run that differs is an error, not noise."""
+    first = runs[0]
+    for other in runs[1:]:
+        if other["test_accuracy"] != first["test_accuracy"]:
+            raise SystemExit(f"{first['model']} seed {first['seed']}: test accuracy {first['test_accuracy']} in one "
+                             f"run, {other['test_accuracy']} in another; expected the same seed to repeat exactly")
+    each = [r["reached"]["seconds"] if r["reached"] else None for r in runs]
+    reached = None if first["reached"] is None else \
+        {**first["reached"], "seconds": round(statistics.median(each), 2)}
+    return {**first, "reached": reached, "seconds_each": each}
+
+
 def one_run(job: dict, data_dir: str | None) -> dict:
     """One measured run (``fast`` with a seed and overrides, or the keras-io baseline)."""
     ds = load_mnist(data_dir)
@@ -188,6 +203,9 @@ def main() -> None:
     parser.add_argument("--measure-keras-io-epochs", action="store_true",
                         help="instead: run the keras-io script to the end for each seed and print the epoch "
                              "it first reaches 99%% (to record in KERAS_IO_EPOCHS_TO_99)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every job this many times, round-robin, and report each seed's median "
+                             "(and the keras-io baseline's median); same seed => same accuracy is checked")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one run, in a child process
     args = parser.parse_args()
@@ -195,6 +213,8 @@ def main() -> None:
     if args.one:  # a child: one run in this fresh process, its result as the last line
         print(json.dumps(one_run(json.loads(args.one), args.data_dir)), flush=True)
         return
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: expected 1 or more")
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.measure_keras_io_epochs:
         measure_keras_io_epochs(load_mnist(args.data_dir), seeds)
@@ -204,30 +224,44 @@ def main() -> None:
     if args.ablations:
         jobs += [{"kind": "fast", "seed": seeds[0], "arch": arch, "recipe": recipe, "label": f"fast, {label}",
                   "precision": args.precision} for label, arch, recipe in ABLATIONS]
-    results = [in_fresh_process(job, args.data_dir) for job in jobs]
-    baseline = None
-    if not args.skip_baseline:
-        baseline = in_fresh_process({"kind": "keras-io", "seed": 0}, args.data_dir)
+    rounds, baselines = [], []
+    for _ in range(args.repeats):  # round-robin: a drift in the machine's speed reaches every job alike
+        rounds.append([in_fresh_process(job, args.data_dir) for job in jobs])
+        if not args.skip_baseline:
+            baselines.append(in_fresh_process({"kind": "keras-io", "seed": 0}, args.data_dir))
     info["load_average_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    results = [summarize([r[i] for r in rounds]) for i in range(len(jobs))]
+    baseline = None
+    if baselines:
+        baseline = {**baselines[0], "epoch_seconds": [b["epoch_seconds"] for b in baselines],
+                    "time_to_99_each": [b["time_to_99"] for b in baselines],
+                    "time_to_99": round(statistics.median(b["time_to_99"] for b in baselines), 1)}
+
+    def seconds(r: dict) -> str:
+        each = " / ".join(f"{s:.1f}" if s is not None else "-" for s in r["seconds_each"])
+        return (f"{r['reached']['seconds']:.1f} s (epoch {r['reached']['epoch']})" if r["reached"] else "not reached") \
+            + (f"; each run {each}" if len(r["seconds_each"]) > 1 else "")
 
     rows = [[r["model"], r["seed"], " ".join(f"{a:.2%}" for a in r["test_accuracy"]),
-             " ".join(f"{s:.1f}" for s in r["epoch_seconds"]),
-             f"{r['reached']['seconds']:.1f} s (epoch {r['reached']['epoch']})" if r["reached"] else "not reached"]
-            for r in results]
+             " ".join(f"{s:.1f}" for s in r["epoch_seconds"]), seconds(r)] for r in results]
     if baseline:
         rows.append(["keras-io mnist_convnet (Keras fit)", 0, "(not measured each run)",
-                     " ".join(f"{s:.1f}" for s in baseline["epoch_seconds"]),
+                     " ".join(f"{s:.1f}" for s in baseline["epoch_seconds"][0]),
                      f"{baseline['time_to_99']:.1f} s (epoch {KERAS_IO_EPOCHS_TO_99['median']}, the median "
-                     f"of seeds {KERAS_IO_EPOCHS_TO_99['seeds']})"])
+                     f"of seeds {KERAS_IO_EPOCHS_TO_99['seeds']})"
+                     + (f"; each run {' / '.join(f'{t:.1f}' for t in baseline['time_to_99_each'])}"
+                        if len(baselines) > 1 else "")])
     print(f"\n{describe(info)} -> load {info['load_average_end']}")
-    print(table(["recipe", "seed", "test accuracy per epoch", "train s per epoch", "time to 99.0%"], rows))
+    runs_note = f", the median of {args.repeats} runs each" if args.repeats > 1 else ""
+    print(table(["recipe", "seed", "test accuracy per epoch", "train s per epoch (first run)",
+                 f"time to 99.0%{runs_note}"], rows))
     fast = [r["reached"]["seconds"] if r["reached"] else float("inf") for r in results if r["model"] == "fast"]
     if fast:
         line = f"fast: median time to 99.0% {statistics.median(fast):.1f} s, slowest {max(fast):.1f} s, over {len(fast)} seeds"
         if baseline:
             line += (f"; keras-io {baseline['time_to_99']:.1f} s: fast's slowest seed takes "
                      f"1/{baseline['time_to_99'] / max(fast):.1f} of it (target 1/25)")
-        print(line)
+        print(line + runs_note)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "fast": results, "keras_io": baseline,
                                                "keras_io_epochs_to_99": KERAS_IO_EPOCHS_TO_99}, indent=2) + "\n")
