@@ -121,6 +121,7 @@ def run_fast(ds, seed: int, out: Path, arch: dict | None = None, recipe: dict | 
 # One change to `fast` at a time: (label, architecture overrides, recipe overrides).
 ABLATIONS = (
     ("float32 (no bfloat16)", {}, {"precision": "float32"}),
+    ("a trained stem (no whitening)", {"whitened_stem": False}, {}),
     ("no shift average", {"shift_average": False}, {}),
     ("a whole epoch, no shift average (fast of 2026-12-01)", {"shift_average": False}, {"epochs": 1}),
     ("pooled 28x28 stage instead of the stride-2 stem", {"first_stride": 1}, {}),

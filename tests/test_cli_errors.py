@@ -59,6 +59,8 @@ BAD = [
     (["train", "mlp", "--out", "{tmp}/r", "--hidden", "x"], "--hidden: expected comma-separated int"),
     (["train", "cnn", "--out", "{tmp}/r", "--kernel-size", "0"], "--kernel-size 0"),
     (["train", "cnn", "--out", "{tmp}/r", "--kernel-size", "100"], "--kernel-size 100"),
+    (["train", "cnn", "--out", "{tmp}/r", "--whitened-stem"], "--whitened-stem with --filters 32"),
+    (["train", "fast", "--out", "{tmp}/r", "--filters", "15,32"], "--whitened-stem with --filters 15"),
     (["train", "cnn-hvass", "--out", "{tmp}/r", "--fc-units", "0"], "--fc-units 0"),
     (["train", "cnn", "--out", "{tmp}/r", "--keep-checkpoints", "0"], "--keep-checkpoints 0"),
     (["train", "cnn", "--out", "{tmp}/r", "--seed", "-1"], "--seed -1"),

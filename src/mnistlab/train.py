@@ -365,7 +365,10 @@ def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any
     def learn(x, y, global_size):
         """One optimizer step on this replica's share ``x, y`` of a global batch of ``global_size``
         images; returns the share's summed plain loss, hits, count and whether the loss is finite."""
-        with tf.GradientTape() as tape:
+        # Only the trained parameters: TensorFlow would watch a frozen layer's variables too (a Keras
+        # layer made non-trainable keeps a trainable tf.Variable) and compute gradients for them.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch([getattr(p, "value", p) for p in params])
             logits = model(x, training=True)
             targets = tf.one_hot(y, models.NUM_CLASSES) * (1.0 - smoothing) + smoothing / models.NUM_CLASSES
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
@@ -655,6 +658,9 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
         state = TrainingState(model, optimizer)
     checkpoints = Checkpoints(writes, state.trackables(), settings.train.keep_checkpoints, read_from=folder)
     history, clock = _start(writes, settings, checkpoints, state, resume, log)
+    if int(state.optimizer.iterations.numpy()) == 0:  # not restored: a whitened stem's filters (timed: training)
+        with clock.timing():
+            models.whiten_stem(model, data.train.images)
     folder = writes
 
     from mnistlab.evaluate import evaluate_split
