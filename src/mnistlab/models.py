@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-
 from mnistlab.config import FRACTION, NON_NEGATIVE, Check, all_positive, check_value, option, required
 from mnistlab.errors import MnistlabError
 
@@ -112,13 +111,11 @@ def convnet(filters: tuple[int, ...] = (32, 64), kernel_size: int = 5, fc_units:
             last = i == n_convs - 1
             fused = not batchnorm and not (act_after_pool and last)  # activation inside Conv2D
             stride = first_stride if stem and i == 0 else 2 if pooling == "stride" and last and not stem else 1
-            if whitened_stem and stage == 0 and i == 0:  # filters set by train (whiten_stem), never trained
-                stack.append(layers.Conv2D(f, kernel_size, strides=stride, padding="same", activation=activation
-                                           if fused else None, use_bias=False, trainable=False, name=WHITENED_STEM))
-                continue
+            fixed = whitened_stem and stage == 0 and i == 0  # filters set by train (whiten_stem), never trained
             stack.append(layers.Conv2D(f, kernel_size, strides=stride,
                                        padding="same", activation=activation if fused else None,
-                                       use_bias=not batchnorm, kernel_initializer=_initializer(init)))
+                                       use_bias=not (batchnorm or fixed), kernel_initializer=_initializer(init),
+                                       trainable=not fixed, name=WHITENED_STEM if fixed else None))
             if batchnorm:
                 stack.append(layers.BatchNormalization(momentum=0.9))  # 0.99 lags badly in short runs
             if not fused and not last:
@@ -358,7 +355,8 @@ MODELS: dict[str, ModelSpec] = {
     # at 28 x 28, 380 steps of 128 (0.88 epoch) of one-cycle Adam at a high peak rate, label smoothing,
     # bfloat16 where the CPU computes it natively (AMX / AVX512_BF16; float32 elsewhere), and answers
     # averaged over 1-pixel shifts, which let training stop sooner; the first convolution fixed to
-    # whitening filters (airbench), which skips the backward pass below the second: steps ~20 % shorter.
+    # whitening filters (airbench), which skips the backward pass below the second (a saving within the
+    # benchmarks' noise so far: README "Speed").
     # Seeds 0-5: 99.05-99.20 % test in bfloat16; float32 (oneDNN capped at AVX2) 99.03-99.23 % but seed 4
     # at 98.97 % (350 steps: 98.94 % for a bfloat16 seed), measured 2026-12-02 on an AMD EPYC.
     "fast": ModelSpec(
