@@ -19,6 +19,7 @@ printed beside every figure.
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets                  # the table
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --repeats 3      # medians of 3 rounds
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --ablations --seeds 0
+    python benchmarks/bench_fast.py --data-dir /work/shared/datasets --filters 16,24,48   # narrower convs
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --measure-keras-io-epochs
 """
 
@@ -132,6 +133,7 @@ ABLATIONS = (
     ("no label smoothing", {}, {"label_smoothing": 0.0}),
     ("batch 256 (190 steps: as many images)", {}, {"batch_size": 256, "steps": 190}),
     ("filters 12/24/48", {"filters": (12, 24, 48)}, {}),
+    ("filters 16/24/48", {"filters": (16, 24, 48)}, {}),
     ("stride-2 convs instead of every pooling", {"pooling": "stride"}, {}),
     ("weight average (ema 0.99)", {}, {"ema": 0.99}),
 )
@@ -198,6 +200,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="folder with MNIST (else $MNISTLAB_DATA_DIR / cache)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for `fast`")
     parser.add_argument("--precision", default=None, help="override `fast`'s --precision (its recipe: auto)")
+    parser.add_argument("--filters", default=None,
+                        help="override `fast`'s --filters, e.g. 16,24,48 (its recipe: 16,32,64)")
     parser.add_argument("--skip-baseline", action="store_true", help="time only `fast`")
     parser.add_argument("--ablations", action="store_true",
                         help="also train `fast` with one design choice changed at a time (first seed)")
@@ -221,10 +225,16 @@ def main() -> None:
         measure_keras_io_epochs(load_mnist(args.data_dir), seeds)
         return
     info = machine()
-    jobs = [{"kind": "fast", "seed": seed, "precision": args.precision} for seed in seeds]
+    try:
+        filters = [int(f) for f in args.filters.split(",")] if args.filters else None
+    except ValueError:
+        parser.error(f"--filters {args.filters!r}: expected comma-separated integers, e.g. 16,24,48")
+    arch = {"filters": filters} if filters else {}
+    label = f"fast, filters {'/'.join(map(str, filters))}" if filters else None
+    jobs = [{"kind": "fast", "seed": seed, "precision": args.precision, "arch": arch, "label": label} for seed in seeds]
     if args.ablations:
-        jobs += [{"kind": "fast", "seed": seeds[0], "arch": arch, "recipe": recipe, "label": f"fast, {label}",
-                  "precision": args.precision} for label, arch, recipe in ABLATIONS]
+        jobs += [{"kind": "fast", "seed": seeds[0], "arch": {**arch, **changed}, "recipe": recipe,
+                  "label": f"fast, {name}", "precision": args.precision} for name, changed, recipe in ABLATIONS]
     rounds, baselines = [], []
     for _ in range(args.repeats):  # round-robin: a drift in the machine's speed reaches every job alike
         rounds.append([in_fresh_process(job, args.data_dir) for job in jobs])
