@@ -45,7 +45,7 @@ def make_runner(name: str, variant: str, precision: str, x, y, batch: int):
                                  precision=precision)
     plan = train.Plan(n, batch, n // batch)
     with distribute.dtype_policy(precision):
-        model = models.build(name)
+        model = models.build(name, **models.precision_options(name, precision))
         optimizer = train.make_optimizer(recipe, plan, precision)
     jit = variant.endswith("-xla")
     if variant.startswith("fit"):

@@ -132,8 +132,12 @@ def resolve_settings(model: str, config: TrainConfig = TrainConfig(), recipe: di
     models.spec(model)
     if config.jit_compile and config.strategy != "default":
         raise MnistlabError(f"--jit-compile with --strategy {config.strategy}: not supported; use one of them")
-    return Settings(model, models.check_options(model, dict(arch or {})),
-                    resolve_recipe(model, config.course, recipe), validate(config), validate(data))
+    chosen = resolve_recipe(model, config.course, recipe)
+    # widths the registry sets for this precision, under the user's own overrides; config.json keeps
+    # the resolved widths, so a resumed run builds the same model on any CPU
+    widths = models.precision_options(model, runtime.resolve_precision(chosen.precision))
+    return Settings(model, models.check_options(model, {**widths, **dict(arch or {})}),
+                    chosen, validate(config), validate(data))
 
 
 def settings_to_resume(folder: RunFolder, model: str | None = None, config: dict[str, Any] | None = None,
