@@ -73,7 +73,8 @@ def test_whitened_stem_needs_an_even_filter_count_within_the_patch_size(filters)
 
 @pytest.mark.parametrize("flags, filters", [({"avx2", "fma"}, (16, 24, 48)),  # an AVX2-only laptop
                                             ({"avx512f", "avx512_bf16"}, (16, 32, 64))])
-def test_fast_takes_its_float32_widths_only_where_it_trains_in_float32(flags, filters, data, tmp_path, monkeypatch):
+def test_fast_takes_its_float32_widths_only_where_it_trains_in_float32(flags, filters, data, tmp_path, monkeypatch,
+                                                                        capsys):
     for name in (runtime.ONEDNN_ENV, *runtime.ISA_LIMIT_ENVS):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
@@ -82,6 +83,9 @@ def test_fast_takes_its_float32_widths_only_where_it_trains_in_float32(flags, fi
     assert resolve_settings("fast", recipe={"precision": "mixed_bfloat16"}).arch["filters"] == (16, 32, 64)
     assert resolve_settings("fast", arch={"filters": (8, 16, 32)}).arch["filters"] == (8, 16, 32)  # the user's win
     assert resolve_settings("cnn").arch == models.arch_options("cnn")  # no other model changes
+    assert cli.main(["models"]) == 0  # the listing counts the parameters of the model trained here
+    listing = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fast "))
+    assert f"{models.build('fast', filters=filters).count_params():,} parameters" in listing
     # the run records the widths it was built with, so a resume on another CPU builds the same model
     result = train("fast", data, tmp_path / "f", TrainConfig(**QUIET), dict(steps=2, batch_size=32,
                                                                             precision="float32"), log=[].append)

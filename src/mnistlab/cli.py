@@ -114,11 +114,13 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- models, train, evaluate, zoo
 def cmd_models(args: argparse.Namespace) -> int:
-    from mnistlab import models
+    from mnistlab import models, runtime
 
     for name, spec in models.MODELS.items():
         reported = f", course reported {spec.course_accuracy:.1%} ({spec.source})" if spec.course_accuracy else ""
-        print(f"{name:<12} {models.build(name).count_params():>10,} parameters  {spec.description}")
+        # the model `train` builds on this CPU (fast is narrower where it trains in float32)
+        here = models.precision_options(name, runtime.resolve_precision(spec.default.precision))
+        print(f"{name:<12} {models.build(name, **here).count_params():>10,} parameters  {spec.description}")
         print(f"{'':<12} mnistlab: {spec.default.summary()}")
         print(f"{'':<12} course:   {spec.course.summary()}{reported}")
     return 0
