@@ -14,13 +14,16 @@ and 9 have both been seen), so the benchmark does not wait for it every run: its
 once by ``--measure-keras-io-epochs`` and recorded in ``KERAS_IO_EPOCHS_TO_99`` below. Both are
 timed in the same benchmark run on the same machine, each run in a fresh process as a user's would
 be, so their ratio holds on any CPU; the CPU model, its SIMD flags and whether oneDNN is on are
-printed beside every figure.
+printed beside every figure. mnistlab turns oneDNN on for both; ``--keras-io-onednn off`` gives the
+keras-io script TensorFlow's Eigen kernels instead, which is what TensorFlow picks by itself (so what
+the script's users get) on CPUs without AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX.
 
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets                  # the table
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --repeats 3      # medians of 3 rounds
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --ablations --seeds 0
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --filters 16,24,48   # other widths
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --compare-filters 16,32,64  # both, one run
+    python benchmarks/bench_fast.py --data-dir /work/shared/datasets --keras-io-onednn off   # keras-io on Eigen
     python benchmarks/bench_fast.py --data-dir /work/shared/datasets --measure-keras-io-epochs
 """
 
@@ -166,6 +169,9 @@ def one_run(job: dict, data_dir: str | None) -> dict:
     if job["kind"] == "keras-io":
         run = run_keras_io(ds, job["seed"], KERAS_IO_TIMED_EPOCHS)
         run["time_to_99"] = round(keras_io_time_to_99(run, KERAS_IO_EPOCHS_TO_99["median"]), 1)
+        from mnistlab import runtime
+
+        run["onednn"] = runtime.onednn_setting()
         return run
     fast_ds = dataclasses.replace(ds, validation=ds.test)  # per-epoch "validation" = test, untimed
     arch = {k: tuple(v) if isinstance(v, list) else v for k, v in (job.get("arch") or {}).items()}
@@ -177,11 +183,12 @@ def one_run(job: dict, data_dir: str | None) -> dict:
 def in_fresh_process(job: dict, data_dir: str | None) -> dict:
     """``one_run`` in a new Python process, as a user's ``mnistlab train`` runs: every run pays its own
     start-up (tracing, oneDNN's kernel generation), none profits from another's warm caches."""
+    import os
     import subprocess
     import sys
 
     command = [sys.executable, __file__, "--one", json.dumps(job)] + (["--data-dir", data_dir] if data_dir else [])
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **job.get("env", {})})
     result = json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
     print(json.dumps(result), flush=True)
     return result
@@ -213,6 +220,10 @@ def main() -> None:
     parser.add_argument("--compare-filters", action="append", default=[], metavar="A,B,C",
                         help="also train every seed with these widths, in the same rounds (repeatable)")
     parser.add_argument("--skip-baseline", action="store_true", help="time only `fast`")
+    parser.add_argument("--keras-io-onednn", choices=("on", "off"), default="on",
+                        help="oneDNN for the keras-io baseline: on (as mnistlab sets it), or off (TF_ENABLE_ONEDNN_OPTS=0: "
+                             "what TensorFlow itself picks on CPUs without AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, "
+                             "e.g. AVX2 laptops, so what the script's users get there)")
     parser.add_argument("--ablations", action="store_true",
                         help="also train `fast` with one design choice changed at a time (first seed)")
     parser.add_argument("--measure-keras-io-epochs", action="store_true",
@@ -258,7 +269,8 @@ def main() -> None:
     for _ in range(args.repeats):  # round-robin: a drift in the machine's speed reaches every job alike
         rounds.append([in_fresh_process(job, args.data_dir) for job in jobs])
         if not args.skip_baseline:
-            baselines.append(in_fresh_process({"kind": "keras-io", "seed": 0}, args.data_dir))
+            env = {"TF_ENABLE_ONEDNN_OPTS": "0"} if args.keras_io_onednn == "off" else {}
+            baselines.append(in_fresh_process({"kind": "keras-io", "seed": 0, "env": env}, args.data_dir))
     info["load_average_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
     results = [summarize([r[i] for r in rounds]) for i in range(len(jobs))]
     baseline = None
@@ -275,7 +287,7 @@ def main() -> None:
     rows = [[r["model"], r["seed"], " ".join(f"{a:.2%}" for a in r["test_accuracy"]),
              " ".join(f"{s:.1f}" for s in r["epoch_seconds"]), seconds(r)] for r in results]
     if baseline:
-        rows.append(["keras-io mnist_convnet (Keras fit)", 0, "(not measured each run)",
+        rows.append([f"keras-io mnist_convnet (Keras fit, oneDNN {baseline['onednn']})", 0, "(not measured each run)",
                      " ".join(f"{s:.1f}" for s in baseline["epoch_seconds"][0]),
                      f"{baseline['time_to_99']:.1f} s (epoch {KERAS_IO_EPOCHS_TO_99['median']}, the median "
                      f"of seeds {KERAS_IO_EPOCHS_TO_99['seeds']})"
@@ -291,9 +303,9 @@ def main() -> None:
         line = (f"{swept[0]['model']}: median time to 99.0% {statistics.median(fast):.1f} s, "
                 f"slowest {max(fast):.1f} s, over {len(fast)} seeds")
         if baseline and max(fast) == float("inf"):
-            line += f"; keras-io {baseline['time_to_99']:.1f} s: not every seed reached 99.0% (target 1/25)"
+            line += f"; keras-io (oneDNN {baseline['onednn']}) {baseline['time_to_99']:.1f} s: not every seed reached 99.0% (target 1/25)"
         elif baseline:
-            line += (f"; keras-io {baseline['time_to_99']:.1f} s: the slowest seed takes "
+            line += (f"; keras-io (oneDNN {baseline['onednn']}) {baseline['time_to_99']:.1f} s: the slowest seed takes "
                      f"1/{baseline['time_to_99'] / max(fast):.1f} of it (target 1/25)")
         print(line + runs_note)
     if args.json:
