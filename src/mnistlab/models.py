@@ -365,8 +365,8 @@ MODELS: dict[str, ModelSpec] = {
         course=Recipe("adam", 3e-2, 128, steps=380, schedule="onecycle", label_smoothing=0.1, precision="auto"),
         default=Recipe("adam", 3e-2, 128, steps=380, schedule="onecycle", label_smoothing=0.1, precision="auto"),
         # In float32 (CPUs without native bfloat16) conv 2 and 3 are narrower, 24 and 48: a third fewer
-        # multiply-adds, 25-30 % less training time, seeds 0-5 99.01-99.13 % (AVX2 cap) and 99.03-99.12 %
-        # (AVX-512 without bfloat16), measured 2026-12-02/03 (README "Speed").
+        # multiply-adds, 21 % (AVX2 kernels) and 9 % (AVX-512) less training time; seeds 0-5 99.01-99.13 %
+        # (AVX2) and 99.03-99.12 % (AVX-512 without bfloat16), measured 2026-12-02/03 (README "Speed").
         float32_arch=dict(filters=(16, 24, 48)),
         course_accuracy=None, source="mnistlab",
         description="fast: conv3x3 16 stride 2 (whitened, fixed) | 32 | 64 pooled -> 10 (24 | 48 in float32), "
