@@ -122,7 +122,7 @@ def run_fast(ds, seed: int, out: Path, arch: dict | None = None, recipe: dict | 
         elapsed += s
         if reached is None and row["val_accuracy"] >= TARGET:
             reached = {"epoch": row["epoch"], "seconds": round(elapsed, 2)}
-    return {"model": f"{label or 'fast'} ({filters}, {resolved})", "group": label or "fast", "filters": filters,
+    return {"model": f"{label or 'fast'} ({filters}, {resolved})", "filters": filters,
             "precision": resolved, "seed": seed, "epoch_seconds": [round(s, 2) for s in seconds],
             "test_accuracy": [round(r["val_accuracy"], 4) for r in rows], "reached": reached}
 
@@ -253,15 +253,12 @@ def main() -> None:
         except ValueError:
             parser.error(f"{flag} {text!r}: expected comma-separated integers, e.g. 16,24,48")
 
-    filters = widths(args.filters, "--filters") if args.filters else None
-    arch = {"filters": filters} if filters else {}
-    label = f"fast, filters {'/'.join(map(str, filters))}" if filters else None
-    jobs = [{"kind": "fast", "seed": seed, "precision": args.precision, "arch": arch, "label": label} for seed in seeds]
-    for text in args.compare_filters:
-        other = widths(text, "--compare-filters")
-        jobs += [{"kind": "fast", "seed": seed, "precision": args.precision, "arch": {"filters": other},
-                  "label": f"fast, filters {'/'.join(map(str, other))}"} for seed in seeds]
-    groups = list(dict.fromkeys(job["label"] or "fast" for job in jobs))  # seed sweeps, each summarized
+    # seed sweeps, each summarized: the recipe's widths (or --filters), then each --compare-filters
+    sweeps = [widths(args.filters, "--filters") if args.filters else None] + \
+        [widths(text, "--compare-filters") for text in args.compare_filters]
+    jobs = [{"kind": "fast", "seed": seed, "precision": args.precision, "arch": {"filters": f} if f else {},
+             "label": f"fast, filters {'/'.join(map(str, f))}" if f else None} for f in sweeps for seed in seeds]
+    swept, arch = len(jobs), jobs[0]["arch"]
     if args.ablations:
         jobs += [{"kind": "fast", "seed": seeds[0], "arch": {**arch, **changed}, "recipe": recipe,
                   "label": f"fast, {name}", "precision": args.precision} for name, changed, recipe in ABLATIONS]
@@ -297,16 +294,15 @@ def main() -> None:
     runs_note = f", the median of {args.repeats} runs each" if args.repeats > 1 else ""
     print(table(["recipe", "seed", "test accuracy per epoch", "train s per epoch (first run)",
                  f"time to 99.0%{runs_note}"], rows))
-    for group in groups:
-        swept = [r for r in results[:len(seeds) * len(groups)] if r["group"] == group]
-        fast = [r["reached"]["seconds"] if r["reached"] else float("inf") for r in swept]
-        line = (f"{swept[0]['model']}: median time to 99.0% {statistics.median(fast):.1f} s, "
-                f"slowest {max(fast):.1f} s, over {len(fast)} seeds")
-        if baseline and max(fast) == float("inf"):
-            line += f"; keras-io (oneDNN {baseline['onednn']}) {baseline['time_to_99']:.1f} s: not every seed reached 99.0% (target 1/25)"
-        elif baseline:
-            line += (f"; keras-io (oneDNN {baseline['onednn']}) {baseline['time_to_99']:.1f} s: the slowest seed takes "
-                     f"1/{baseline['time_to_99'] / max(fast):.1f} of it (target 1/25)")
+    for i in range(0, swept, len(seeds)):
+        sweep = results[i:i + len(seeds)]
+        fast = [r["reached"]["seconds"] if r["reached"] else float("inf") for r in sweep]
+        line = (f"{sweep[0]['model']}: median time to 99.0% {statistics.median(fast):.1f} s, "
+                f"slowest {max(fast):.1f} s, over {len(fast)} seeds").replace("inf s", "not reached")
+        if baseline:
+            share = "not every seed reached 99.0%" if max(fast) == float("inf") else \
+                f"the slowest seed takes 1/{baseline['time_to_99'] / max(fast):.1f} of it"
+            line += f"; keras-io (oneDNN {baseline['onednn']}) {baseline['time_to_99']:.1f} s: {share} (target 1/25)"
         print(line + runs_note)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "fast": results, "keras_io": baseline,
