@@ -373,3 +373,32 @@ def test_other_writers_are_scikit_learns_scans():
     assert built.refused.mean() < 0.1
     again = shifts.other_writers(40, np.random.default_rng(0))
     np.testing.assert_array_equal(built.images, again.images)
+
+
+def test_optdigits_bitmap_is_the_other_writers_format():
+    """UCI optical digits' format: 8 x 8 block counts of a 32 x 32 binary bitmap (17 levels), the
+    digit's height filling all 8 rows, its aspect kept; scikit-learn's scans have the same traits."""
+    bar, ring = framed(BAR)[..., 0], framed(RING)[..., 0]
+    for digit in (bar, ring):
+        bitmap = shifts.optdigits_bitmap(digit)
+        assert bitmap.shape == (8, 8) and bitmap.min() == 0 and 0 < bitmap.max() <= 1
+        np.testing.assert_array_equal(bitmap * 16, np.round(bitmap * 16))  # counts of 16 pixels
+        assert (bitmap > 0).any(axis=1).all()  # the height is normalised: ink in every row
+    assert shifts.optdigits_bitmap(framed(RING, 0.2)[..., 0]).max() == 1  # a block inside a broad pen is all ink
+    columns = lambda b: int((b > 0).any(axis=0).sum())  # noqa: E731
+    assert columns(shifts.optdigits_bitmap(bar)) <= 3 < 6 <= columns(shifts.optdigits_bitmap(ring))
+    np.testing.assert_array_equal(shifts.optdigits_bitmap(np.zeros((28, 28), np.float32)), np.zeros((8, 8)))
+    datasets = pytest.importorskip("sklearn.datasets")
+    scans = datasets.load_digits().images / 16
+    assert (scans > 0).any(axis=2).all()  # theirs fill all 8 rows too
+
+
+def test_the_coarse_scan_set_loses_detail_like_the_other_writers_scans(digits):
+    labels = np.arange(len(digits)) % 10
+    scanned = shifts.build_set(shifts.get("scan-8x8"), len(digits), 0, (digits, labels)).images
+    finest = shifts.build_set(shifts.get("lowres-16"), len(digits), 0, (digits, labels)).images
+    read = ~shifts.build_set(shifts.get("scan-8x8"), len(digits), 0, (digits, labels)).refused
+    assert read.mean() > 0.8  # a faint hairline may be refused, as a user's would
+    assert sharpness(scanned[read]) < sharpness(finest[read]) < sharpness(digits[read])
+    moved = np.array([np.linalg.norm(centre_of_mass(a) - centre_of_mass(b)) for a, b in zip(scanned[read], digits[read])])
+    assert moved.max() < 2.5  # read back and re-framed where MNIST puts a digit

@@ -45,6 +45,7 @@ LEVELS = ("none", "moderate", "severe", "external")
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts")
 FONT_SIZE = 64  # px (em size): a digit ~45 px tall, over twice MNIST's 20 px box
 DIGITS_SCANS = 1797  # scikit-learn's load_digits
+OPT_SIDE, OPT_BLOCK = 32, 4  # UCI optical digits: 32 x 32 bitmaps counted in 4 x 4 blocks
 
 
 class Unavailable(MnistlabError):
@@ -522,10 +523,40 @@ def other_writers(n: int, rng: np.random.Generator, camera: Camera = SCAN) -> Sh
     if n < len(scans):
         pick = np.sort(rng.choice(len(scans), n, replace=False))
         scans, labels = scans[pick], labels[pick]
-    filters = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)  # how scanners and viewers upscale
-    out = [_read_back(render_photo(s, rng, camera, filters[int(rng.integers(len(filters)))]), f"scan[{i}]")
-           for i, s in enumerate(scans)]
-    return ShiftData(_stack(out), labels, f"{len(scans)} of scikit-learn's {DIGITS_SCANS} scans")
+    return ShiftData(_scanned(scans, rng, camera), labels, f"{len(scans)} of scikit-learn's {DIGITS_SCANS} scans")
+
+
+def _scanned(scans: Any, rng: np.random.Generator, camera: Camera = SCAN) -> np.ndarray:
+    """Coarse light-on-dark bitmaps upscaled onto paper (bilinear or bicubic, as scanners and viewers
+    do) and read back by ``preprocess.preprocess``: ``(N, 28, 28, 1)``."""
+    filters = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+    return _stack([_read_back(render_photo(s, rng, camera, filters[int(rng.integers(len(filters)))]), f"scan[{i}]")
+                   for i, s in enumerate(scans)])
+
+
+def optdigits_bitmap(grey28: np.ndarray) -> np.ndarray:
+    """An MNIST digit ``(28, 28)`` in UCI optical digits' format, the one scikit-learn's scans use:
+    a binary bitmap (the digit at ``UPSCALE`` x, above half its peak) whose height is scaled to 32
+    px (aspect kept, width at most 32, centred), counted in 4 x 4 blocks -> ``(8, 8)`` in 17 levels."""
+    big = _upscale(np.asarray(grey28, np.float32))
+    mask = big > 0.5 * max(float(big.max()), 1e-6)
+    out = np.zeros((OPT_SIDE, OPT_SIDE), np.float32)
+    if not mask.any():
+        return out[::OPT_BLOCK, ::OPT_BLOCK]
+    rows, cols = np.nonzero(mask)
+    crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].astype(np.float32)
+    width = max(1, min(OPT_SIDE, round(crop.shape[1] * OPT_SIDE / crop.shape[0])))
+    bitmap = np.asarray(Image.fromarray(crop, mode="F").resize((width, OPT_SIDE), Image.Resampling.BILINEAR)) > 0.5
+    left = (OPT_SIDE - width) // 2
+    out[:, left:left + width] = bitmap
+    blocks = OPT_SIDE // OPT_BLOCK
+    return out.reshape(blocks, OPT_BLOCK, blocks, OPT_BLOCK).sum(axis=(1, 3)) / OPT_BLOCK ** 2
+
+
+def _coarse_scan(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """MNIST's digits in the other-writers set's format (``optdigits_bitmap``), scanned and read back
+    the same way: what the format alone costs, apart from the writers."""
+    return _scanned([optdigits_bitmap(g) for g in _grey(images)], rng)
 
 
 # ---------------------------------------------------------------------------- random draws per set
@@ -621,6 +652,8 @@ SETS: tuple[ShiftSet, ...] = (
          primitive=low_resolution, value=12),
     _set("lowres-8", "resolution", "severe", "down to 8 px and back: a coarse scan", _fixed,
          primitive=low_resolution, value=8),
+    _set("scan-8x8", "camera", "severe", "the other-writers set's format: a binary bitmap counted in 8 x 8 "
+         "blocks (17 levels), scanned, via preprocess", _coarse_scan),
     _set("blur-moderate", "resolution", "moderate", "Gaussian blur, sigma 0.7-1.0 px", _ranged,
          primitive=blur, low=0.7, high=1.0),
     _set("blur-severe", "resolution", "severe", "Gaussian blur, sigma 1.3-1.7 px", _ranged,
