@@ -395,9 +395,9 @@ def test_optdigits_bitmap_is_the_other_writers_format():
 
 def test_the_coarse_scan_set_loses_detail_like_the_other_writers_scans(digits):
     labels = np.arange(len(digits)) % 10
-    scanned = shifts.build_set(shifts.get("scan-8x8"), len(digits), 0, (digits, labels)).images
+    built = shifts.build_set(shifts.get("scan-8x8"), len(digits), 0, (digits, labels))
+    scanned, read = built.images, ~built.refused
     finest = shifts.build_set(shifts.get("lowres-16"), len(digits), 0, (digits, labels)).images
-    read = ~shifts.build_set(shifts.get("scan-8x8"), len(digits), 0, (digits, labels)).refused
     assert read.mean() > 0.8  # a faint hairline may be refused, as a user's would
     assert sharpness(scanned[read]) < sharpness(finest[read]) < sharpness(digits[read])
     moved = np.array([np.linalg.norm(centre_of_mass(a) - centre_of_mass(b)) for a, b in zip(scanned[read], digits[read])])

@@ -540,16 +540,16 @@ def optdigits_bitmap(grey28: np.ndarray) -> np.ndarray:
     px (aspect kept, width at most 32, centred), counted in 4 x 4 blocks -> ``(8, 8)`` in 17 levels."""
     big = _upscale(np.asarray(grey28, np.float32))
     mask = big > 0.5 * max(float(big.max()), 1e-6)
-    out = np.zeros((OPT_SIDE, OPT_SIDE), np.float32)
+    blocks = OPT_SIDE // OPT_BLOCK
     if not mask.any():
-        return out[::OPT_BLOCK, ::OPT_BLOCK]
+        return np.zeros((blocks, blocks), np.float32)
+    out = np.zeros((OPT_SIDE, OPT_SIDE), np.float32)
     rows, cols = np.nonzero(mask)
     crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].astype(np.float32)
     width = max(1, min(OPT_SIDE, round(crop.shape[1] * OPT_SIDE / crop.shape[0])))
     bitmap = np.asarray(Image.fromarray(crop, mode="F").resize((width, OPT_SIDE), Image.Resampling.BILINEAR)) > 0.5
     left = (OPT_SIDE - width) // 2
     out[:, left:left + width] = bitmap
-    blocks = OPT_SIDE // OPT_BLOCK
     return out.reshape(blocks, OPT_BLOCK, blocks, OPT_BLOCK).sum(axis=(1, 3)) / OPT_BLOCK ** 2
 
 
@@ -652,8 +652,6 @@ SETS: tuple[ShiftSet, ...] = (
          primitive=low_resolution, value=12),
     _set("lowres-8", "resolution", "severe", "down to 8 px and back: a coarse scan", _fixed,
          primitive=low_resolution, value=8),
-    _set("scan-8x8", "camera", "severe", "the other-writers set's format: a binary bitmap counted in 8 x 8 "
-         "blocks (17 levels), scanned, via preprocess", _coarse_scan),
     _set("blur-moderate", "resolution", "moderate", "Gaussian blur, sigma 0.7-1.0 px", _ranged,
          primitive=blur, low=0.7, high=1.0),
     _set("blur-severe", "resolution", "severe", "Gaussian blur, sigma 1.3-1.7 px", _ranged,
@@ -695,6 +693,8 @@ SETS: tuple[ShiftSet, ...] = (
          _mixed_photo, shifts="moderate", camera=PHOTO_MODERATE),
     _set("photo-mixed-severe", "camera", "severe", f"one of {'/'.join(MIXED)} (severe), then a severe photo",
          _mixed_photo, shifts="severe", camera=PHOTO_SEVERE),
+    _set("scan-8x8", "camera", "severe", "the other-writers set's format: a binary bitmap counted in 8 x 8 "
+         "blocks (17 levels), scanned, via preprocess", _coarse_scan),
     ShiftSet("fonts-hand", "fonts", "moderate", f"digits in {sum(f.style == 'hand' for f in FONTS)} handwriting-like fonts, rotation +-8, slant +-0.15",
              font_digits, (("style", "hand"),), source="fonts", held_out=True),
     ShiftSet("fonts-print", "fonts", "moderate", f"digits in {sum(f.style == 'print' for f in FONTS)} print fonts (sans, serif; bold, italic), jitter as above",
