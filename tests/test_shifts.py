@@ -357,6 +357,45 @@ def test_font_digits_from_a_font_folder(tmp_path: Path):
     assert ink(ones).mean() < ink(zeros).mean()  # a 1 is one stroke, a 0 a loop: the labels match the glyphs
 
 
+def test_font_halves_split_every_style_whatever_is_installed():
+    for style in ("hand", "print"):
+        faces = [f for f in shifts.FONTS if f.style == style]
+        halves = [shifts.font_half(f) for f in faces]
+        assert set(halves) == set(shifts.HALVES) and abs(halves.count("train") - halves.count("test")) <= 1
+    regular = {f.file: shifts.font_half(f) for f in shifts.FONTS}
+    assert regular["DejaVuSans.ttf"] != regular["DejaVuSans-Bold.ttf"]  # neighbours by name part
+    assert {s.name: dict(s.params).get("half") for s in shifts.SETS if s.source == "fonts"} == \
+        {"fonts-hand": "test", "fonts-print": "test"}  # the benchmark never scores a training font
+
+
+def copy_fonts(folder: Path, names: tuple[str, ...]) -> None:
+    found = {p.name: p for style in ("hand", "print") for p in shifts.find_fonts(style)[0]}
+    if not set(names) <= set(found):
+        pytest.skip(f"fonts not installed: {sorted(set(names) - set(found))}")
+    for name in names:
+        (folder / name).write_bytes(found[name].read_bytes())
+
+
+def test_training_font_digits_come_from_the_training_half_only(tmp_path: Path):
+    train_face, test_face = "DejaVuSans-Bold.ttf", "DejaVuSans.ttf"
+    halves = {f.file: shifts.font_half(f) for f in shifts.FONTS}
+    assert (halves[train_face], halves[test_face]) == ("train", "test")
+    copy_fonts(tmp_path, (train_face, test_face))
+    dirs = (str(tmp_path),)
+    assert shifts.find_fonts("print", dirs, "train")[0] == [tmp_path / train_face]
+    assert shifts.find_fonts("print", dirs, "test")[0] == [tmp_path / test_face]
+    made = shifts.training_font_digits(40, seed=3, dirs=dirs)
+    check_format(made.images, 40)
+    assert np.bincount(made.labels, minlength=10).tolist() == [4] * 10 and "1 print fonts" in made.note
+    only = shifts.font_digits(40, shifts.set_rng(3, "train-fonts-print"), "print", dirs=dirs, half="train")
+    np.testing.assert_array_equal(made.images, only.images)  # every digit from the one training font
+    np.testing.assert_array_equal(made.images, shifts.training_font_digits(40, seed=3, dirs=dirs).images)
+    assert not np.array_equal(made.images, shifts.training_font_digits(40, seed=4, dirs=dirs).images)
+    (tmp_path / train_face).unlink()
+    with pytest.raises(shifts.Unavailable, match="no fonts of the training half installed; apt-get install"):
+        shifts.training_font_digits(40, seed=3, dirs=dirs)
+
+
 def test_other_writers_needs_scikit_learn(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
     with pytest.raises(shifts.Unavailable, match=r"scikit-learn is not installed \(pip install 'mnistlab\[robust\]'\)"):

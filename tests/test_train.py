@@ -77,6 +77,41 @@ def test_same_seed_same_weights_and_numbers(data, tmp_path):
     assert other.history[0]["train_loss"] != runs[0].history[0]["train_loss"]
 
 
+def test_font_digits_join_the_training_split_only(data, tmp_path):
+    dejavu = [p for p in models_fonts("print") if p.name == "DejaVuSans-Bold.ttf"]  # a training-half font
+    if not dejavu:
+        pytest.skip("fonts-dejavu-core is not installed")
+    (tmp_path / dejavu[0].name).write_bytes(dejavu[0].read_bytes())
+    lines: list[str] = []
+    more = train_module.with_font_digits(data, 0.25, seed=0, log=lines.append, dirs=(str(tmp_path),))
+    n = len(data.train)
+    assert len(more.train) == n + round(0.25 * n) and more.validation is data.validation and more.test is data.test
+    np.testing.assert_array_equal(more.train.images[:n], data.train.images)
+    assert more.train.images.dtype == data.train.images.dtype and more.train.labels.dtype == data.train.labels.dtype
+    assert np.bincount(more.train.labels[n:], minlength=10).min() >= round(0.25 * n) // 10
+    assert "font digits added to the training split (1 print fonts" in lines[0]
+    assert train_module.with_font_digits(data, 0.0, seed=0, log=lines.append) is data
+    lines.clear()
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert train_module.with_font_digits(data, 0.25, seed=0, log=lines.append, dirs=(str(empty),)) is data
+    assert lines == [lines[0]] and "no fonts of the training half installed" in lines[0] and "MNIST's digits alone" in lines[0]
+
+
+def test_recipe_fonts_train_on_more_images(data, tmp_path):
+    if not models_fonts("hand") and not models_fonts("print"):
+        pytest.skip("no fonts of the training half installed")
+    result = train("softmax", data, tmp_path / "f", TrainConfig(**NO_TB), dict(epochs=1, fonts=0.5), log=[].append)
+    assert result.metrics["train_images"] == len(data.train) + round(0.5 * len(data.train))
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["recipe"]["fonts"] == 0.5
+
+
+def models_fonts(style: str) -> list[Path]:
+    from mnistlab import shifts
+
+    return shifts.find_fonts(style, half="train")[0]
+
+
 def exploding_rate(after_steps: int):
     """A schedule (patched in for ``learning_rate_at``) that is sane for ``after_steps`` steps, then
     1e12: the way to reach divergence now that impossible flag values are refused."""

@@ -462,11 +462,21 @@ _PRINT = {  # monospaced faces left out: their slashed or dotted zeros are not h
 FONTS: tuple[FontFace, ...] = tuple(FontFace(package, file, style)
                                     for style, table in (("hand", _HAND), ("print", _PRINT))
                                     for package, files in table.items() for file in files)
+HALVES = ("train", "test")  # font halves: training may add digits set in one, the benchmark scores the other
 
 
-def find_fonts(style: str, dirs: tuple[str, ...] = FONT_DIRS) -> tuple[list[Path], list[str]]:
-    """The installed files of ``FONTS`` of ``style`` (sorted by name), and the packages missing."""
-    wanted = {f.file: f for f in FONTS if f.style == style}
+def font_half(face: FontFace) -> str:
+    """``train`` or ``test``: the fonts of each style, sorted by file name, alternate, so each half
+    has faces of most families (a bold in one, the regular in the other) and never depends on
+    what is installed. Training digits come from ``train``; the ``fonts-*`` sets from ``test``."""
+    names = sorted(f.file for f in FONTS if f.style == face.style)
+    return HALVES[names.index(face.file) % 2]
+
+
+def find_fonts(style: str, dirs: tuple[str, ...] = FONT_DIRS, half: str = "") -> tuple[list[Path], list[str]]:
+    """The installed files of ``FONTS`` of ``style`` (sorted by name), of one ``half`` if given
+    (see ``font_half``), and the packages missing."""
+    wanted = {f.file: f for f in FONTS if f.style == style and (not half or font_half(f) == half)}
     found: dict[str, Path] = {}
     for root in dirs:
         if Path(root).is_dir():
@@ -491,13 +501,15 @@ def render_font_digit(font: ImageFont.FreeTypeFont, digit: int, rotation: float 
 
 
 def font_digits(n: int, rng: np.random.Generator, style: str = "hand", rotation: float = 8.0,
-                slant: float = 0.15, dirs: tuple[str, ...] = FONT_DIRS) -> ShiftData:
-    """``n`` digits (labels balanced 0-9) set in the installed fonts of ``style``, each with a random
-    font, rotation (+-``rotation`` degrees) and slant (+-``slant``), framed as MNIST. Set at
-    FONT_SIZE px: framing scales every glyph to 20 px anyway, so a size jitter would add nothing."""
-    paths, missing = find_fonts(style, dirs)
+                slant: float = 0.15, dirs: tuple[str, ...] = FONT_DIRS, half: str = "") -> ShiftData:
+    """``n`` digits (labels balanced 0-9) set in the installed fonts of ``style`` (of one ``half``
+    if given), each with a random font, rotation (+-``rotation`` degrees) and slant (+-``slant``),
+    framed as MNIST. Set at FONT_SIZE px: framing scales every glyph to 20 px anyway, so a size
+    jitter would add nothing."""
+    paths, missing = find_fonts(style, dirs, half)
     if not paths:
-        raise Unavailable(f"no {style} fonts installed; apt-get install {' '.join(missing)}")
+        raise Unavailable(f"no {style} fonts{f' of the {half} half' if half else ''} installed; "
+                          f"apt-get install {' '.join(missing)}")
     labels = rng.permutation(np.arange(n) % 10)
     faces = rng.integers(0, len(paths), n)
     fonts = [ImageFont.truetype(str(path), FONT_SIZE) for path in paths]
@@ -505,6 +517,23 @@ def font_digits(n: int, rng: np.random.Generator, style: str = "hand", rotation:
            for label, face in zip(labels, faces)]
     note = f"{len(paths)} {style} fonts" + (f"; not installed: {', '.join(missing)}" if missing else "")
     return ShiftData(_stack(out), labels.astype(np.int64), note)
+
+
+def training_font_digits(n: int, seed: int, dirs: tuple[str, ...] = FONT_DIRS) -> ShiftData:
+    """``n`` training digits set in the ``train`` half of the fonts, half handwriting-like and half
+    print (all from one style when only it is installed), jittered as the benchmark's font sets.
+    A pure function of ``seed``; ``Unavailable`` when no font of that half is installed."""
+    styles = [style for style in ("hand", "print") if find_fonts(style, dirs, "train")[0]]
+    if not styles:
+        missing = sorted({f.package for f in FONTS if font_half(f) == "train"})
+        raise Unavailable(f"no fonts of the training half installed; apt-get install {' '.join(missing)}")
+    counts = [n // len(styles) + (i < n % len(styles)) for i in range(len(styles))]
+    parts = [font_digits(count, set_rng(seed, f"train-fonts-{style}"), style, dirs=dirs, half="train")
+             for style, count in zip(styles, counts) if count]
+    if not parts:
+        return ShiftData(np.zeros((0, SIDE, SIDE, 1), np.float32), np.zeros(0, np.int64), "no font digits")
+    return ShiftData(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
+                     "; ".join(p.note for p in parts))
 
 
 # ---------------------------------------------------------------------------- other writers
@@ -635,6 +664,10 @@ def _set(name: str, family: str, level: str, about: str, make: Callable[..., Any
     return ShiftSet(name, family, level, about, make, tuple(params.items()))
 
 
+def _count_test(style: str) -> int:
+    return sum(f.style == style and font_half(f) == "test" for f in FONTS)
+
+
 MIXED = ("thick", "thin", "rotate", "shear", "squeeze", "drawn", "blur")  # camera on top of these
 SETS: tuple[ShiftSet, ...] = (
     _set("clean", "none", "none", "the subset of MNIST test digits as they are", _clean),
@@ -695,10 +728,12 @@ SETS: tuple[ShiftSet, ...] = (
          _mixed_photo, shifts="severe", camera=PHOTO_SEVERE),
     _set("scan-8x8", "camera", "severe", "the other-writers set's format: a binary bitmap counted in 8 x 8 "
          "blocks (17 levels), scanned, via preprocess", _coarse_scan),
-    ShiftSet("fonts-hand", "fonts", "moderate", f"digits in {sum(f.style == 'hand' for f in FONTS)} handwriting-like fonts, rotation +-8, slant +-0.15",
-             font_digits, (("style", "hand"),), source="fonts", held_out=True),
-    ShiftSet("fonts-print", "fonts", "moderate", f"digits in {sum(f.style == 'print' for f in FONTS)} print fonts (sans, serif; bold, italic), jitter as above",
-             font_digits, (("style", "print"),), source="fonts", held_out=True),
+    ShiftSet("fonts-hand", "fonts", "moderate", f"digits in the {_count_test('hand')} handwriting-like fonts of the "
+             "test half (training may use the other), rotation +-8, slant +-0.15",
+             font_digits, (("style", "hand"), ("half", "test")), source="fonts", held_out=True),
+    ShiftSet("fonts-print", "fonts", "moderate", f"digits in the {_count_test('print')} print fonts of the test half "
+             "(sans, serif; bold, italic), jitter as above",
+             font_digits, (("style", "print"), ("half", "test")), source="fonts", held_out=True),
     ShiftSet("other-writers", "writers", "external", "scikit-learn's 1,797 8 x 8 scans by 13 other writers, "
              "upscaled onto noisy paper, via preprocess", other_writers, source="sklearn-digits", held_out=True),
 )

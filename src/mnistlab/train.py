@@ -35,7 +35,7 @@ import numpy as np
 
 from mnistlab import calibrate, distribute, models, runtime
 from mnistlab.config import SEED, from_json, option, show, validate
-from mnistlab.data import DataConfig, Dataset
+from mnistlab.data import DataConfig, Dataset, Split
 from mnistlab.errors import MnistlabError
 from mnistlab.models import OPTIMIZERS, SCHEDULES, Recipe
 from mnistlab.inference import compile_inference
@@ -653,6 +653,7 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
     """``train`` once the settings are checked and the devices are set up."""
     import tensorflow as tf
 
+    data = with_font_digits(data, settings.recipe.fonts, settings.train.seed, log)
     plan = Plan.of(settings.recipe, len(data.train))
     precision = runtime.resolve_precision(settings.recipe.precision)
     with strategy.scope(), distribute.dtype_policy(precision):
@@ -717,6 +718,32 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
         finally:
             summaries.close()
     return _finish(folder, settings, state, history, clock, evaluate_split, data, infer, log)
+
+
+def with_font_digits(data: Dataset, share: float, seed: int, log: Callable[[str], None] = print,
+                     dirs: tuple[str, ...] | None = None) -> Dataset:
+    """``data`` with ``share`` x its training split more training digits set in the training half of
+    the installed fonts (``shifts.training_font_digits``): other shapes than MNIST's writers make.
+    Validation and test stay MNIST's. Without such fonts, says so and trains on MNIST alone."""
+    n = round(share * len(data.train))
+    if not n:
+        return data
+    from mnistlab import shifts
+
+    try:
+        fonts = shifts.training_font_digits(n, seed, dirs or shifts.FONT_DIRS)
+    except shifts.Unavailable as exc:
+        log(f"--fonts {share:g}: {exc}; training on MNIST's digits alone")
+        return data
+    log(f"--fonts {share:g}: {len(fonts.labels):,} font digits added to the training split ({fonts.note})")
+    images = np.concatenate([data.train.images, fonts.images.reshape((-1, *data.train.images.shape[1:]))])
+    labels = np.concatenate([data.train.labels, _labels_like(fonts.labels, data.train.labels)])
+    return dataclasses.replace(data, train=Split(images.astype(data.train.images.dtype), labels))
+
+
+def _labels_like(labels: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Integer ``labels`` in ``like``'s form: integers, or one-hot rows."""
+    return np.eye(like.shape[1], dtype=like.dtype)[labels] if like.ndim == 2 else labels.astype(like.dtype)
 
 
 def _start(folder: RunFolder, settings: Settings, checkpoints: Checkpoints, state: TrainingState, resume: bool,
