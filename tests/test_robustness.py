@@ -79,15 +79,15 @@ def test_sets_are_cached_exactly_and_rebuilt_when_damaged(tiny_mnist_dir: Path, 
 
 
 def test_an_unavailable_set_is_reported_not_dropped(tiny_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(shifts, "find_fonts", lambda style, dirs=(): ([], ["fonts-comic-neue"]))
+    monkeypatch.setattr(shifts, "find_fonts", lambda style, dirs=(), half="": ([], ["fonts-comic-neue"]))
     config = robustness.RobustConfig(n=20, sets=("clean", "fonts-hand"))
     sets = robustness.load_sets(shifts.select(config.sets), config, data_config(tiny_mnist_dir, tmp_path))
     rows = robustness.evaluate_robustness(constant_predictor(0), sets)
     assert rows[1].set == "fonts-hand" and rows[1].accuracy is None
-    assert rows[1].note == "unavailable: no hand fonts installed; apt-get install fonts-comic-neue"
+    assert rows[1].note == "unavailable: no hand fonts of the test half installed; apt-get install fonts-comic-neue"
     text = robustness.table({"a": rows})
     assert "| fonts-hand (held out) | moderate | - | 0 | unavailable |" in text
-    assert "fonts-hand: unavailable: no hand fonts installed" in text
+    assert "fonts-hand: unavailable: no hand fonts of the test half installed" in text
 
 
 # ---------------------------------------------------------------------------- table
