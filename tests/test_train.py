@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from mnistlab import models, train as train_module
+from mnistlab.data import Split, one_hot
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import predict_logits
 from mnistlab.runs import RunFolder
@@ -96,6 +98,18 @@ def test_font_digits_join_the_training_split_only(data, tmp_path):
     empty.mkdir()
     assert train_module.with_font_digits(data, 0.25, seed=0, log=lines.append, dirs=(str(empty),)) is data
     assert lines == [lines[0]] and "no fonts of the training half installed" in lines[0] and "MNIST's digits alone" in lines[0]
+
+
+def test_font_digits_take_the_form_of_one_hot_labels(data, tmp_path):
+    dejavu = [p for p in models_fonts("print") if p.name == "DejaVuSans-Bold.ttf"]
+    if not dejavu:
+        pytest.skip("fonts-dejavu-core is not installed")
+    (tmp_path / dejavu[0].name).write_bytes(dejavu[0].read_bytes())
+    hot = dataclasses.replace(data, train=Split(data.train.images, one_hot(data.train.labels)))
+    more = train_module.with_font_digits(hot, 0.25, seed=0, log=[].append, dirs=(str(tmp_path),))
+    plain = train_module.with_font_digits(data, 0.25, seed=0, log=[].append, dirs=(str(tmp_path),))
+    assert more.train.labels.shape == (len(plain.train), 10) and more.train.labels.dtype == np.float32
+    np.testing.assert_array_equal(more.train.labels.argmax(1), plain.train.labels)
 
 
 def test_recipe_fonts_train_on_more_images(data, tmp_path):

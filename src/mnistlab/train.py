@@ -35,7 +35,7 @@ import numpy as np
 
 from mnistlab import calibrate, distribute, models, runtime
 from mnistlab.config import SEED, from_json, option, show, validate
-from mnistlab.data import DataConfig, Dataset, Split
+from mnistlab.data import DataConfig, Dataset, Split, one_hot
 from mnistlab.errors import MnistlabError
 from mnistlab.models import OPTIMIZERS, SCHEDULES, Recipe
 from mnistlab.inference import compile_inference
@@ -736,14 +736,11 @@ def with_font_digits(data: Dataset, share: float, seed: int, log: Callable[[str]
         log(f"--fonts {share:g}: {exc}; training on MNIST's digits alone")
         return data
     log(f"--fonts {share:g}: {len(fonts.labels):,} font digits added to the training split ({fonts.note})")
-    images = np.concatenate([data.train.images, fonts.images.reshape((-1, *data.train.images.shape[1:]))])
-    labels = np.concatenate([data.train.labels, _labels_like(fonts.labels, data.train.labels)])
-    return dataclasses.replace(data, train=Split(images.astype(data.train.images.dtype), labels))
-
-
-def _labels_like(labels: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Integer ``labels`` in ``like``'s form: integers, or one-hot rows."""
-    return np.eye(like.shape[1], dtype=like.dtype)[labels] if like.ndim == 2 else labels.astype(like.dtype)
+    train = data.train
+    extra = fonts.images.reshape((-1, *train.images.shape[1:])).astype(train.images.dtype)
+    labels = one_hot(fonts.labels) if train.labels.ndim == 2 else fonts.labels
+    return dataclasses.replace(data, train=Split(np.concatenate([train.images, extra]),
+                                                 np.concatenate([train.labels, labels.astype(train.labels.dtype)])))
 
 
 def _start(folder: RunFolder, settings: Settings, checkpoints: Checkpoints, state: TrainingState, resume: bool,
