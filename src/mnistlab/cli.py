@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -118,10 +119,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for name, spec in models.MODELS.items():
         reported = f", course reported {spec.course_accuracy:.1%} ({spec.source})" if spec.course_accuracy else ""
-        # the model `train` builds on this CPU (fast is narrower where it trains in float32)
-        here = models.precision_options(name, runtime.resolve_precision(spec.default.precision))
+        # the model and recipe `train` uses on this CPU (fast is narrower and longer in float32)
+        precision = runtime.resolve_precision(spec.default.precision)
+        here = models.precision_options(name, precision)
+        recipe = dataclasses.replace(spec.default, **models.precision_recipe(name, precision))
         print(f"{name:<12} {models.build(name, **here).count_params():>10,} parameters  {spec.description}")
-        print(f"{'':<12} mnistlab: {spec.default.summary()}")
+        print(f"{'':<12} mnistlab: {recipe.summary()}")
         print(f"{'':<12} course:   {spec.course.summary()}{reported}")
     return 0
 

@@ -113,7 +113,8 @@ class TrainingDiverged(MnistlabError):
 
 # ---------------------------------------------------------------------------- settings
 def resolve_recipe(model: str, course: bool = False, overrides: dict[str, Any] | None = None) -> Recipe:
-    """The model's course or own recipe with the user's ``overrides`` (Recipe fields) applied and checked."""
+    """The model's course or own recipe with the user's ``overrides`` (Recipe fields) applied and checked,
+    and the registry's changes for the precision it resolves to on this CPU (``fast``: more steps in float32)."""
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Recipe)})
     if unknown:
@@ -121,6 +122,11 @@ def resolve_recipe(model: str, course: bool = False, overrides: dict[str, Any] |
     if overrides.get("epochs") and "steps" not in overrides:
         overrides["steps"] = 0  # an explicit --epochs replaces the recipe's step count
     recipe = validate(dataclasses.replace(models.recipe(model, course=course), **overrides))
+    # the registry's changes for the precision this CPU resolves to, under the user's own settings
+    for_precision = {k: v for k, v in models.precision_recipe(model, runtime.resolve_precision(recipe.precision)).items()
+                     if k not in overrides}
+    if for_precision:
+        recipe = validate(dataclasses.replace(recipe, **for_precision))
     if recipe.epochs < 1 and recipe.steps < 1:
         raise MnistlabError(f"--epochs {recipe.epochs} / --steps {recipe.steps}: expected at least one epoch or step")
     return recipe
