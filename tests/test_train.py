@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -363,6 +365,51 @@ def assert_same_run(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(x, y)
     for name in ("history.csv", "metrics.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("recipe", [dict(steps=6, batch_size=33),  # 17 + 16 images a tower
+                                    dict(epochs=1, batch_size=599)])  # the epoch's last batch: 1 image, one tower empty
+def test_towers_train_the_same_model_as_one_batch(recipe, data, tmp_path):
+    """Two towers compute the same gradient, summed in another order: in float32 the same weights to rounding."""
+    arch = dict(filters=(4, 8, 8))
+    runs = [train("fast", data, tmp_path / f"t{k}", TrainConfig(seed=3, **NO_TB),
+                  dict(recipe, towers=k, precision="float32"), arch, log=[].append) for k in (1, 2)]
+    assert [r.metrics["steps"] for r in runs] == [runs[0].metrics["steps"]] * 2
+    one, two = model_weights(tmp_path / "t1"), model_weights(tmp_path / "t2")
+    assert not all(np.array_equal(a, b) for a, b in zip(one, two))  # another summation order ...
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # ... of the same gradient
+    assert json.loads((tmp_path / "t2" / "config.json").read_text())["recipe"]["towers"] == 2
+
+
+def test_towers_are_refused_for_batch_norm_and_for_batches_smaller_than_them(data, tmp_path):
+    with pytest.raises(MnistlabError, match="--towers 2: model 'cnn' has batch normalization"):
+        train("cnn", data, tmp_path / "bn", TrainConfig(**NO_TB), dict(towers=2), log=[].append)
+    with pytest.raises(MnistlabError, match="--towers 4 with --batch-size 2: expected at most one tower per image"):
+        train("fast", data, tmp_path / "small", TrainConfig(**NO_TB), dict(towers=4, batch_size=2), log=[].append)
+    assert not (tmp_path / "bn").exists() and not (tmp_path / "small").exists()
+
+
+def test_towers_size_the_thread_pools_before_tensorflow_starts(tmp_path):
+    """In a fresh process, as `mnistlab train` runs: each op gets cores / towers threads, the towers one
+    inter-op thread each (a setting TensorFlow ignores once its runtime has started)."""
+    script = tmp_path / "towers.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from synthetic import synthetic_dataset\n"
+        "from mnistlab import runtime\n"
+        "from mnistlab.train import TrainConfig, train\n"
+        "train('fast', synthetic_dataset(), sys.argv[1], TrainConfig(progress=False, tensorboard=False, tflite=False),\n"
+        "      dict(steps=2, batch_size=32, towers=2), dict(filters=(4, 8, 8)), log=lambda line: None)\n"
+        "import tensorflow as tf\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),\n"
+        "      tf.config.threading.get_inter_op_parallelism_threads(), runtime.cpu_count())\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    intra, inter, cores = map(int, done.stdout.split()[-3:])
+    assert (intra, inter) == (max(1, cores // 2), 2)
 
 
 # Three kinds the issue names: fast (no BN, no dropout), cnn (batch norm, AdamW, label smoothing) and a

@@ -106,8 +106,9 @@ def import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def configure_tensorflow(seed: int, threads: int | None = None, deterministic: bool = True) -> None:
-    """Seed every RNG, make ops deterministic, and size the thread pools for small machines.
+def configure_tensorflow(seed: int, threads: int | None = None, deterministic: bool = True, inter_op: int = 2) -> None:
+    """Seed every RNG, make ops deterministic, and size the thread pools for small machines: ``threads``
+    per op (default: every core), ``inter_op`` ops side by side (``--towers`` runs one tower on each).
 
     XLA has no deterministic max-pool gradient, so ``--jit-compile`` runs skip op determinism
     (seeded, but not bit-reproducible)."""
@@ -118,7 +119,7 @@ def configure_tensorflow(seed: int, threads: int | None = None, deterministic: b
     threads = threads or cpu_count()
     try:  # only possible before TensorFlow's runtime starts; later calls keep the first setting
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     except RuntimeError:
         pass
     keras.utils.set_random_seed(seed)

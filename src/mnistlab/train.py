@@ -142,8 +142,9 @@ def resolve_settings(model: str, config: TrainConfig = TrainConfig(), recipe: di
     # widths the registry sets for this precision, under the user's own overrides; config.json keeps
     # the resolved widths, so a resumed run builds the same model on any CPU
     widths = models.precision_options(model, runtime.resolve_precision(chosen.precision))
-    return Settings(model, models.check_options(model, {**widths, **dict(arch or {})}),
-                    chosen, validate(config), validate(data))
+    options = models.check_options(model, {**widths, **dict(arch or {})})
+    models.check_towers(model, options, chosen.towers, chosen.batch_size)
+    return Settings(model, options, chosen, validate(config), validate(data))
 
 
 def settings_to_resume(folder: RunFolder, model: str | None = None, config: dict[str, Any] | None = None,
@@ -344,8 +345,32 @@ def seed_generators(model: Any) -> list[Any]:
     return [layer.seed_generator.state for layer in model.layers if getattr(layer, "seed_generator", None)]
 
 
+def split_batch(x: Any, parts: int) -> list[Any]:
+    """``x`` cut along the batch into ``parts`` consecutive pieces, the first ``len % parts`` one longer."""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    sizes = n // parts + tf.cast(tf.range(parts) < n % parts, n.dtype)
+    return tf.split(x, sizes, num=parts)
+
+
+def tower_logits(model: Any, x: Any, towers: int, whole_if_smaller: bool = True) -> Any:
+    """The training logits of ``x`` computed in ``towers`` parts: independent branches of the graph,
+    which TensorFlow's inter-op threads run side by side. With ``whole_if_smaller`` a batch smaller
+    than that (an epoch's last) goes whole, since a convolution refuses an empty part; without it
+    the graph has no such branch (a third model call less to trace)."""
+    import tensorflow as tf
+
+    def parts():
+        return tf.concat([model(part, training=True) for part in split_batch(x, towers)], 0)
+
+    if not whole_if_smaller:
+        return parts()
+    return tf.cond(tf.shape(x)[0] >= towers, parts, lambda: model(x, training=True))
+
+
 def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any = None,
-                  jit_compile: bool = False) -> Callable:
+                  jit_compile: bool = False, smallest_batch: int | None = None) -> Callable:
     """The compiled chunk: ``chunk(x_all, y_all, order, start, n_steps, batch, augmenting)`` runs
     ``n_steps`` optimizer steps on batches ``order[start + i * batch : ...]``.
 
@@ -353,14 +378,19 @@ def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any
     of the batch; the loss is averaged over the global batch and the gradients all-reduced. The
     optimized loss is softmax cross-entropy with label smoothing; the loss *reported* (summed into
     ``state.loss_sum``) is plain cross-entropy, the same quantity as the validation loss. Each
-    step's random streams come from ``fold_in((seed, 0), optimizer step)``."""
+    step's random streams come from ``fold_in((seed, 0), optimizer step)``. With ``recipe.towers`` > 1
+    each replica's share is computed in that many parts side by side (``tower_logits``); a
+    ``smallest_batch`` whose share fills every part leaves the whole-batch fallback out of the graph."""
     import tensorflow as tf
 
     strategy = strategy or tf.distribute.get_strategy()
     model, optimizer = models.network_of(state.model), state.optimizer  # a shift average trains its network
     params = model.trainable_variables
     dropout_states = seed_generators(model)
-    smoothing = recipe.label_smoothing
+    smoothing, towers = recipe.label_smoothing, recipe.towers
+    # whether every replica's share of the smallest batch it will get fills every tower (unknown: assume not)
+    share = None if smallest_batch is None else smallest_batch // strategy.num_replicas_in_sync
+    whole_if_smaller = share is None or share < towers
     base_seed = tf.constant([seed, 0], tf.int64)
     single = strategy.num_replicas_in_sync == 1
     scale_loss = getattr(optimizer, "scale_loss", None)  # LossScaleOptimizer (mixed_float16)
@@ -379,7 +409,7 @@ def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any
         # layer made non-trainable keeps a trainable tf.Variable) and compute gradients for them.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch([getattr(p, "value", p) for p in params])
-            logits = model(x, training=True)
+            logits = model(x, training=True) if towers == 1 else tower_logits(model, x, towers, whole_if_smaller)
             targets = tf.one_hot(y, models.NUM_CLASSES) * (1.0 - smoothing) + smoothing / models.NUM_CLASSES
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             # one replica: the plain mean, bit for bit the single-device loss; else over the global batch
@@ -624,7 +654,7 @@ def train(model_name: str | None, data: Dataset, out: str | Path, config: TrainC
         settings = resolve_settings(model_name or "", config, recipe, arch, data_config)
     if len(data.train) == 0:
         raise MnistlabError("training split is empty; expected at least one image")
-    with _devices(settings.train, folder) as (strategy, writes, chief):
+    with _devices(settings.train, folder, settings.recipe.towers) as (strategy, writes, chief):
         if not chief:
             log = _silent  # one voice: the chief's
         log(f"{settings.model}: {settings.recipe.summary()}, seed {settings.train.seed}"
@@ -641,11 +671,14 @@ def _silent(line: str) -> None:
 
 
 @contextlib.contextmanager
-def _devices(config: TrainConfig, folder: RunFolder) -> Iterator[tuple[Any, RunFolder, bool]]:
+def _devices(config: TrainConfig, folder: RunFolder, towers: int = 1) -> Iterator[tuple[Any, RunFolder, bool]]:
     """The strategy (made first: TensorFlow's runtime must not have started), the folder this
-    process writes (the run's; a temporary one on non-chief workers), and whether it is the chief."""
+    process writes (the run's; a temporary one on non-chief workers), and whether it is the chief.
+    With ``towers`` > 1 each op gets cores / towers threads and the towers run side by side."""
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
-    runtime.configure_tensorflow(config.seed, threads=config.threads or None, deterministic=not config.jit_compile)
+    threads = config.threads or max(1, runtime.cpu_count() // towers)
+    runtime.configure_tensorflow(config.seed, threads=threads, deterministic=not config.jit_compile,
+                                 inter_op=max(2, towers))
     if distribute.is_chief(strategy):
         folder.check_writable()
         yield strategy, folder, True
@@ -679,7 +712,9 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
     infer = compile_inference(model)  # one traced inference graph for every validation pass
     summaries = Summaries(folder, settings.train.tensorboard)
     with _progress_bar(settings.train.progress) as bar, deferred_interrupt() as stop:
-        loop = Loop(compile_chunk(state, settings.recipe, settings.train.seed, strategy, settings.train.jit_compile),
+        smallest = min(plan.batch_size, plan.n_train % plan.batch_size or plan.batch_size)
+        loop = Loop(compile_chunk(state, settings.recipe, settings.train.seed, strategy, settings.train.jit_compile,
+                                  smallest),
                     tf.constant(data.train.images), tf.constant(data.train.labels.astype(np.int32)), state, plan,
                     settings.recipe, settings.train.seed, summaries, bar, stop, on_chunk, graph_written=resume)
         try:
