@@ -148,9 +148,9 @@ def test_ensemble_of_nothing_is_a_user_error():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_fast_recipe_reaches_99_percent_in_one_epoch_on_real_mnist(real_mnist, tmp_path):
-    # Measured 2026-12-04 (AMD Zen 4): 99.07-99.22% test over seeds 0-11 in bfloat16 (320 steps, average
-    # pooling, whitened stem, shift-averaged answers), 99.02-99.16% over seeds 0-5 in float32 at its
-    # float32 widths 16/24/48 and 350 steps (oneDNN capped at AVX2); time is bench_fast's job.
+    # Measured 2026-12-04 (AMD Zen 4), two towers: 99.04-99.22% test over seeds 0-5 in bfloat16 (320 steps,
+    # average pooling, whitened stem, shift-averaged answers), 99.00-99.13% in float32 at its float32
+    # widths 16/24/48 and 350 steps (oneDNN capped at AVX2); time is bench_fast's job.
     result = train("fast", real_mnist, tmp_path / "fast", TrainConfig(**QUIET), log=[].append)
     assert result.metrics["test_accuracy"] >= 0.989
     assert result.metrics["epochs"] == 1
