@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -116,13 +115,13 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- models, train, evaluate, zoo
 def cmd_models(args: argparse.Namespace) -> int:
     from mnistlab import models, runtime
+    from mnistlab.train import resolve_recipe
 
     for name, spec in models.MODELS.items():
         reported = f", course reported {spec.course_accuracy:.1%} ({spec.source})" if spec.course_accuracy else ""
         # the model and recipe `train` uses on this CPU (fast is narrower and longer in float32)
-        precision = runtime.resolve_precision(spec.default.precision)
-        here = models.precision_options(name, precision)
-        recipe = dataclasses.replace(spec.default, **models.precision_recipe(name, precision))
+        recipe = resolve_recipe(name)
+        here = models.precision_options(name, runtime.resolve_precision(recipe.precision))
         print(f"{name:<12} {models.build(name, **here).count_params():>10,} parameters  {spec.description}")
         print(f"{'':<12} mnistlab: {recipe.summary()}")
         print(f"{'':<12} course:   {spec.course.summary()}{reported}")
