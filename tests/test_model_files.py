@@ -20,6 +20,7 @@ import pytest
 import _models
 from mnistlab import convert, export, modelcheck
 from mnistlab.errors import MnistlabError
+from mnistlab.inference import predict_logits
 from mnistlab.runs import RunFolder, load_predictor
 
 SEED = 0
@@ -360,6 +361,22 @@ def test_a_stale_or_swapped_tflite_is_ignored(tmp_path: Path):
     model.layers[-1].bias.assign(np.ones(10, np.float32))
     folder.write_model(model)  # retrained: model.tflite is now stale
     assert load_predictor(run).format == "keras"
+
+
+def test_the_tflite_check_compares_with_the_logits_training_already_has(tmp_path: Path):
+    """Training passes its test logits instead of computing them again: the same check, and a wrong
+    reference is caught (the file is not kept)."""
+    pytest.importorskip("ai_edge_litert")
+    run = _models.untrained_run(tmp_path / "run")
+    folder = RunFolder(run)
+    images = np.random.default_rng(SEED).random((20, 28, 28, 1), dtype=np.float32)
+    model = load_predictor(run, keras=True).keras_model
+    own = folder.convert_to_tflite(model, images, log=lambda line: None)
+    logits = predict_logits(model, images)
+    assert folder.convert_to_tflite(model, images, lambda line: None, logits) == own
+    lines: list[str] = []
+    assert folder.convert_to_tflite(model, images, lines.append, logits + 1.0 * (np.arange(10) == 3)) is None
+    assert len(lines) == 1 and not folder.tflite_file.exists()
 
 
 def test_a_failed_conversion_leaves_one_line_and_no_tflite(tmp_path: Path, monkeypatch):

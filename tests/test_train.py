@@ -382,6 +382,18 @@ def test_towers_train_the_same_model_as_one_batch(recipe, data, tmp_path):
     assert json.loads((tmp_path / "t2" / "config.json").read_text())["recipe"]["towers"] == 2
 
 
+def test_inference_in_parts_gives_the_same_logits_as_one_batch(tmp_path):
+    """Validation and the after-training passes run in ``towers`` pieces: every batch size, one image included."""
+    from mnistlab.inference import compile_inference
+
+    model = models.build("fast", filters=(4, 8, 8))
+    images = np.random.default_rng(1).random((7, 28, 28, 1), dtype=np.float32)
+    whole, parts = compile_inference(model), compile_inference(model, parts=2)
+    for n in (1, 2, 7):  # smaller than the parts, even, odd
+        np.testing.assert_allclose(parts(images[:n]), whole(images[:n]), rtol=1e-5, atol=1e-6)
+    assert parts(images).shape == (7, 10)
+
+
 def test_towers_are_refused_for_batch_norm_and_for_batches_smaller_than_them(data, tmp_path):
     with pytest.raises(MnistlabError, match="--towers 2: model 'cnn' has batch normalization"):
         train("cnn", data, tmp_path / "bn", TrainConfig(**NO_TB), dict(towers=2), log=[].append)

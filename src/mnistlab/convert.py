@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from mnistlab import fileio
 from mnistlab.errors import MnistlabError
-from mnistlab.inference import INPUT_SHAPE, TFLITE_FILE, Predictor, compile_inference, load_model_file, quiet_stderr
+from mnistlab.inference import INPUT_SHAPE, TFLITE_FILE, Predictor, load_model_file, predict_logits, quiet_stderr
 from mnistlab.modelcheck import first_line
 
 TFLITE_TOLERANCE = 1e-5  # largest probability difference at which model.tflite may answer for model.keras
@@ -68,9 +68,11 @@ def tflite_bytes(model: Any, quantize: str | None = None, calibration: Any = Non
             raise MnistlabError(f"TFLite conversion failed: {str(exc).splitlines()[0][:300]}") from None
 
 
-def write_run_tflite(folder: Any, model: Any, images: Any, log: Callable[[str], None] = print) -> dict | None:
+def write_run_tflite(folder: Any, model: Any, images: Any, log: Callable[[str], None] = print,
+                     reference: Any = None) -> dict | None:
     """Convert a run's model to ``model.tflite`` and check it against ``model`` on ``images``
-    (``folder``: a ``runs.RunFolder``);
+    (``folder``: a ``runs.RunFolder``; ``reference``: ``model``'s logits of ``images`` when the
+    caller has them, as training has its test logits);
     kept only when every probability agrees within ``TFLITE_TOLERANCE``, so predict and serve
     answer the same from either file. On failure: one line to ``log``, no ``model.tflite``
     (a stale one is removed), and None: training goes on without it."""
@@ -78,9 +80,10 @@ def write_run_tflite(folder: Any, model: Any, images: Any, log: Callable[[str], 
         content = tflite_bytes(model)
         with tempfile.TemporaryDirectory(prefix="mnistlab-tflite-") as tmp:
             fileio.write_bytes(Path(tmp) / TFLITE_FILE, content)
-            keras_call = compile_inference(model)
-            reference = Predictor("keras", "keras", folder.model_file, None, {}, call=keras_call)
-            check = check_export(reference, load_model_file(Path(tmp) / TFLITE_FILE), images)
+            exported = load_model_file(Path(tmp) / TFLITE_FILE)
+            if reference is None:
+                reference = predict_logits(model, images)
+            check = compare_logits(reference, exported.logits(images))
     except Exception as exc:  # any failure here must not fail the training that called it
         folder.remove_tflite()
         log(f"model.tflite not written ({first_line(exc)}); predict and serve will use model.keras")
@@ -99,15 +102,20 @@ def write_run_tflite(folder: Any, model: Any, images: Any, log: Callable[[str], 
 def check_export(original: Predictor, exported: Predictor, images: Any, labels: Any = None) -> dict[str, Any]:
     """Compare two predictors on ``images``: digits that differ, largest logit and probability
     differences, and with ``labels`` both accuracies and the change in percentage points."""
+    return compare_logits(original.logits(images), exported.logits(images), labels)
+
+
+def compare_logits(a: Any, b: Any, labels: Any = None) -> dict[str, Any]:
+    """``check_export``'s figures from two models' logits ``(N, 10)`` of the same images."""
     import numpy as np
 
     from mnistlab.inference import softmax
 
-    a, b = original.logits(images), exported.logits(images)
-    result: dict[str, Any] = {"images": len(images), "different_digits": int((a.argmax(1) != b.argmax(1)).sum()),
-                              "max_abs_logit_diff": float(np.abs(a - b).max()) if len(images) else 0.0,
-                              "max_abs_probability_diff": float(np.abs(softmax(a) - softmax(b)).max()) if len(images) else 0.0}
-    if labels is not None and len(images):
+    n = len(a)
+    result: dict[str, Any] = {"images": n, "different_digits": int((a.argmax(1) != b.argmax(1)).sum()),
+                              "max_abs_logit_diff": float(np.abs(a - b).max()) if n else 0.0,
+                              "max_abs_probability_diff": float(np.abs(softmax(a) - softmax(b)).max()) if n else 0.0}
+    if labels is not None and n:
         before, after = float((a.argmax(1) == labels).mean()), float((b.argmax(1) == labels).mean())
         result.update(accuracy=before, exported_accuracy=after, accuracy_change_points=round(100 * (after - before), 4))
     return result

@@ -59,14 +59,31 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.result_type(logits.dtype, np.float32))
 
 
-def compile_inference(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``images -> logits`` for a Keras model through one traced graph for every batch size:
-    far cheaper per call than Keras' eager ``model(x)`` or ``model.predict`` (about 1 ms vs 11 ms
-    for one image here, ``benchmarks/bench_inference.py``)."""
+def split_batch(x: Any, parts: int) -> list[Any]:
+    """``x`` cut along the batch into ``parts`` consecutive pieces, the first ``len % parts`` one longer."""
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False),
-                     input_signature=[tf.TensorSpec((None, *INPUT_SHAPE), tf.float32)])
+    n = tf.shape(x)[0]
+    sizes = n // parts + tf.cast(tf.range(parts) < n % parts, n.dtype)
+    return tf.split(x, sizes, num=parts)
+
+
+def compile_inference(model: Any, parts: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """``images -> logits`` for a Keras model through one traced graph for every batch size:
+    far cheaper per call than Keras' eager ``model(x)`` or ``model.predict`` (about 1 ms vs 11 ms
+    for one image here, ``benchmarks/bench_inference.py``). With ``parts`` > 1 each batch is
+    computed in that many pieces side by side, as training's towers are (``--towers``: TensorFlow
+    then gives each op one thread, so one piece alone would use one core)."""
+    import tensorflow as tf
+
+    def logits(x):
+        if parts == 1:
+            return model(x, training=False)
+        return tf.cond(tf.shape(x)[0] >= parts,
+                       lambda: tf.concat([model(p, training=False) for p in split_batch(x, parts)], 0),
+                       lambda: model(x, training=False))
+
+    fn = tf.function(logits, input_signature=[tf.TensorSpec((None, *INPUT_SHAPE), tf.float32)])
     return lambda x: fn(tf.constant(x, tf.float32)).numpy()
 
 

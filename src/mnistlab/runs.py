@@ -214,12 +214,14 @@ class RunFolder:
         fileio.write_json(self.tflite_check_file, {**check, "keras_sha256": self.model_digest(),
                                                    "tflite_sha256": hashlib.sha256(content).hexdigest()})
 
-    def convert_to_tflite(self, model: Any, images: np.ndarray, log: Any = print) -> dict[str, Any] | None:
+    def convert_to_tflite(self, model: Any, images: np.ndarray, log: Any = print,
+                          reference: np.ndarray | None = None) -> dict[str, Any] | None:
         """Write ``model.tflite`` from ``model`` (just saved as ``model.keras``), checked on
-        ``images``; None, after one line to ``log``, when it cannot be (see ``convert.write_run_tflite``)."""
+        ``images`` (``reference``: the model's logits of them, when already computed); None, after
+        one line to ``log``, when it cannot be (see ``convert.write_run_tflite``)."""
         from mnistlab.convert import write_run_tflite  # TensorFlow's converter: only when asked
 
-        return write_run_tflite(self, model, images, log)
+        return write_run_tflite(self, model, images, log, reference)
 
     def remove_tflite(self) -> None:
         """Forget ``model.tflite`` (it no longer matches ``model.keras``)."""

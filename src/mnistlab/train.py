@@ -38,7 +38,7 @@ from mnistlab.config import SEED, from_json, option, show, validate
 from mnistlab.data import DataConfig, Dataset, Split, one_hot
 from mnistlab.errors import MnistlabError
 from mnistlab.models import OPTIMIZERS, SCHEDULES, Recipe
-from mnistlab.inference import compile_inference
+from mnistlab.inference import compile_inference, split_batch
 from mnistlab.runs import Checkpoints, RunFolder
 
 CHUNK_STEPS = 50  # mini-batches per compiled call: amortises Python overhead, keeps Ctrl-C responsive
@@ -343,15 +343,6 @@ class TrainingState:
 def seed_generators(model: Any) -> list[Any]:
     """The state variables of the model's random layers (Dropout), in layer order."""
     return [layer.seed_generator.state for layer in model.layers if getattr(layer, "seed_generator", None)]
-
-
-def split_batch(x: Any, parts: int) -> list[Any]:
-    """``x`` cut along the batch into ``parts`` consecutive pieces, the first ``len % parts`` one longer."""
-    import tensorflow as tf
-
-    n = tf.shape(x)[0]
-    sizes = n // parts + tf.cast(tf.range(parts) < n % parts, n.dtype)
-    return tf.split(x, sizes, num=parts)
 
 
 def tower_logits(model: Any, x: Any, towers: int, whole_if_smaller: bool = True) -> Any:
@@ -709,7 +700,7 @@ def _train(settings: Settings, folder: RunFolder, writes: RunFolder, strategy: A
 
     from mnistlab.evaluate import evaluate_split
 
-    infer = compile_inference(model)  # one traced inference graph for every validation pass
+    infer = compile_inference(model, settings.recipe.towers)  # one traced graph for every validation pass
     summaries = Summaries(folder, settings.train.tensorboard)
     with _progress_bar(settings.train.progress) as bar, deferred_interrupt() as stop:
         smallest = min(plan.batch_size, plan.n_train % plan.batch_size or plan.batch_size)
@@ -849,7 +840,7 @@ def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history
     log(f"Train Finished takes: {clock.to_json()['train_seconds']:.2f} s")
     model = float32_model(settings, state.model)
     if model is not state.model:
-        infer = compile_inference(model)
+        infer = compile_inference(model, settings.recipe.towers)
     folder.write_model(model)
     calibration = _calibrate(folder, model, data, infer, evaluate_split)
     temperature = calibration.temperature if calibration else 1.0
@@ -878,7 +869,7 @@ def _finish(folder: RunFolder, settings: Settings, state: TrainingState, history
         log(f"Calibrated: temperature {temperature:.3f} (fitted on validation); test ECE "
             f"{test.ece_uncalibrated:.2%} -> {test.ece:.2%}")
     if settings.train.tflite:
-        folder.convert_to_tflite(model, data.test.images, log)  # predict/serve answer from it without TensorFlow
+        folder.convert_to_tflite(model, data.test.images, log, test.logits)  # predict/serve answer from it without TensorFlow
     else:
         folder.remove_tflite()  # an older one no longer matches model.keras
     return TrainResult(folder.path, history, metrics, timing)
