@@ -344,12 +344,16 @@ def test_a_first_call_past_its_deadline_is_refused():
 
 
 # ---------------------------------------------------------------------------- a run's model.tflite
-def test_a_stale_or_swapped_tflite_is_ignored(tmp_path: Path):
+def untrained_run_model(tmp_path: Path) -> tuple[Path, RunFolder, np.ndarray, object]:
+    """An untrained run's folder, its Keras model and 20 random images to check a conversion on."""
     pytest.importorskip("ai_edge_litert")
     run = _models.untrained_run(tmp_path / "run")
-    folder = RunFolder(run)
     images = np.random.default_rng(SEED).random((20, 28, 28, 1), dtype=np.float32)
-    model = load_predictor(run, keras=True).keras_model
+    return run, RunFolder(run), images, load_predictor(run, keras=True).keras_model
+
+
+def test_a_stale_or_swapped_tflite_is_ignored(tmp_path: Path):
+    run, folder, images, model = untrained_run_model(tmp_path)
     check = folder.convert_to_tflite(model, images, log=lambda line: None)
     assert check["images"] == 20 and check["max_abs_probability_diff"] <= convert.TFLITE_TOLERANCE
     assert load_predictor(run).format == "tflite" and load_predictor(run / "model.keras").format == "keras"
@@ -366,11 +370,7 @@ def test_a_stale_or_swapped_tflite_is_ignored(tmp_path: Path):
 def test_the_tflite_check_compares_with_the_logits_training_already_has(tmp_path: Path):
     """Training passes its test logits instead of computing them again: the same check, and a wrong
     reference is caught (the file is not kept)."""
-    pytest.importorskip("ai_edge_litert")
-    run = _models.untrained_run(tmp_path / "run")
-    folder = RunFolder(run)
-    images = np.random.default_rng(SEED).random((20, 28, 28, 1), dtype=np.float32)
-    model = load_predictor(run, keras=True).keras_model
+    _, folder, images, model = untrained_run_model(tmp_path)
     own = folder.convert_to_tflite(model, images, log=lambda line: None)
     logits = predict_logits(model, images)
     assert folder.convert_to_tflite(model, images, lambda line: None, logits) == own
