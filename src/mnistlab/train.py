@@ -38,7 +38,7 @@ from mnistlab.config import SEED, from_json, option, show, validate
 from mnistlab.data import DataConfig, Dataset, Split, one_hot
 from mnistlab.errors import MnistlabError
 from mnistlab.models import OPTIMIZERS, SCHEDULES, Recipe
-from mnistlab.inference import compile_inference, split_batch
+from mnistlab.inference import compile_inference, tower_logits
 from mnistlab.runs import Checkpoints, RunFolder
 
 CHUNK_STEPS = 50  # mini-batches per compiled call: amortises Python overhead, keeps Ctrl-C responsive
@@ -345,21 +345,6 @@ def seed_generators(model: Any) -> list[Any]:
     return [layer.seed_generator.state for layer in model.layers if getattr(layer, "seed_generator", None)]
 
 
-def tower_logits(model: Any, x: Any, towers: int, whole_if_smaller: bool = True) -> Any:
-    """The training logits of ``x`` computed in ``towers`` parts: independent branches of the graph,
-    which TensorFlow's inter-op threads run side by side. With ``whole_if_smaller`` a batch smaller
-    than that (an epoch's last) goes whole, since a convolution refuses an empty part; without it
-    the graph has no such branch (a third model call less to trace)."""
-    import tensorflow as tf
-
-    def parts():
-        return tf.concat([model(part, training=True) for part in split_batch(x, towers)], 0)
-
-    if not whole_if_smaller:
-        return parts()
-    return tf.cond(tf.shape(x)[0] >= towers, parts, lambda: model(x, training=True))
-
-
 def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any = None,
                   jit_compile: bool = False, smallest_batch: int | None = None) -> Callable:
     """The compiled chunk: ``chunk(x_all, y_all, order, start, n_steps, batch, augmenting)`` runs
@@ -400,7 +385,7 @@ def compile_chunk(state: TrainingState, recipe: Recipe, seed: int, strategy: Any
         # layer made non-trainable keeps a trainable tf.Variable) and compute gradients for them.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch([getattr(p, "value", p) for p in params])
-            logits = model(x, training=True) if towers == 1 else tower_logits(model, x, towers, whole_if_smaller)
+            logits = model(x, training=True) if towers == 1 else tower_logits(model, x, towers, True, whole_if_smaller)
             targets = tf.one_hot(y, models.NUM_CLASSES) * (1.0 - smoothing) + smoothing / models.NUM_CLASSES
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             # one replica: the plain mean, bit for bit the single-device loss; else over the global batch
